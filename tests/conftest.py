@@ -1,0 +1,2 @@
+from s3server import *  # noqa
+from fault_proxy import *  # noqa

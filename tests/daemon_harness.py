@@ -1,0 +1,120 @@
+"""Running `uploader` as a user would: a subprocess with a YAML config.
+
+Fixtures:
+  * ``daemon_config`` (function): ``make(**overrides) -> Path`` writes a YAML
+    config for a fresh watched directory and state dir, pointed at the shared
+    SeaweedFS (or at a given endpoint) and the test's bucket.
+  * ``daemon_factory`` (function): ``start(config_path, env=None) -> Daemon``;
+    every daemon still running at teardown is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+__all__ = ["Daemon", "daemon_config", "daemon_factory", "run_cli", "wait_until", "UPLOADER"]
+
+UPLOADER = str(Path(sys.executable).with_name("uploader"))
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0,
+               interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    config_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def terminate(self, *, timeout: float = 60.0) -> int:
+        """SIGTERM, as a container runtime would; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+    def wait_for_log(self, text: str, *, timeout: float = 30.0) -> None:
+        wait_until(lambda: text in self.log(), timeout=timeout, what=f"log line {text!r}")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([UPLOADER, *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, s3_server: Any, bucket: str) -> Callable[..., Path]:
+    counter = iter(range(1000))
+
+    def make(**overrides: Any) -> Path:
+        config: dict[str, Any] = {
+            "source": {"directory": str(tmp_path / "outbox"), "settle_seconds": 0.5,
+                       "rescan_interval_seconds": 60},
+            "s3": {"bucket": bucket, "prefix": "incoming/", "region": s3_server.region,
+                   "endpoint_url": s3_server.endpoint_url, "addressing_style": "path"},
+            "transfer": {"multipart_threshold": "5MiB", "part_size": "5MiB",
+                         "max_attempts": 3, "backoff_base_seconds": 0.05},
+            "state_dir": str(tmp_path / "state"),
+            "shutdown_grace_seconds": 10,
+        }
+        for section, values in overrides.items():
+            if isinstance(values, dict) and isinstance(config.get(section), dict):
+                config[section].update(values)
+            else:
+                config[section] = values
+        Path(config["source"]["directory"]).mkdir(parents=True, exist_ok=True)
+        path = tmp_path / f"uploader-{next(counter)}.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, s3_server: Any) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def start(config_path: Path, *, env: dict[str, str] | None = None,
+              user: int | None = None) -> Daemon:
+        log_path = tmp_path / f"daemon-{len(daemons)}.log"
+        full_env = {**os.environ, **s3_server.env(), **(env or {})}
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [UPLOADER, "run", "--config", str(config_path)], env=full_env,
+                stdout=log_file, stderr=subprocess.STDOUT, user=user)
+        daemon = Daemon(process=process, log_path=log_path, config_path=config_path)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.kill()

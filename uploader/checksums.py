@@ -1,0 +1,53 @@
+"""Integrity checksums sent with each PUT and part: pure functions.
+
+`md5` goes in Content-MD5, which AWS and every S3-compatible server check.
+The others use the `x-amz-checksum-*` headers as plain headers (never
+aws-chunked trailers, which several S3-compatible servers reject).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from typing import Callable
+
+from botocore.httpchecksum import CrtCrc32cChecksum
+
+# botocore's names for the request parameters that carry each checksum.
+PARAMETER = {"md5": "ContentMD5", "crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C",
+             "sha256": "ChecksumSHA256"}
+HEADER = {"md5": "Content-MD5", "crc32": "x-amz-checksum-crc32",
+          "crc32c": "x-amz-checksum-crc32c", "sha256": "x-amz-checksum-sha256"}
+ALGORITHM = {"crc32": "CRC32", "crc32c": "CRC32C", "sha256": "SHA256"}
+
+
+def _crc32(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _crc32c(data: bytes) -> bytes:
+    checksum = CrtCrc32cChecksum()
+    checksum.update(data)
+    return checksum.digest()
+
+
+_DIGESTS: dict[str, Callable[[bytes], bytes]] = {
+    "md5": lambda data: hashlib.md5(data).digest(),
+    "sha256": lambda data: hashlib.sha256(data).digest(),
+    "crc32": _crc32,
+    "crc32c": _crc32c,
+}
+
+
+def checksum_b64(algorithm: str, data: bytes) -> str | None:
+    """The base64 checksum of `data`, or None for `none`."""
+    if algorithm == "none":
+        return None
+    return base64.b64encode(_DIGESTS[algorithm](data)).decode("ascii")
+
+
+def request_parameters(algorithm: str, data: bytes) -> dict[str, str]:
+    """botocore parameters for PutObject/UploadPart carrying the checksum."""
+    value = checksum_b64(algorithm, data)
+    return {} if value is None else {PARAMETER[algorithm]: value}

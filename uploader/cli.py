@@ -1,0 +1,170 @@
+"""The `uploader` command: parse, build, run. Thin on purpose.
+
+Exit codes: 0 success; 1 some files failed (one-shot) or a runtime error;
+2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Coroutine, Sequence
+
+from uploader.config import (
+    Config,
+    apply_env_overrides,
+    explain,
+    load_config,
+    read_config_file,
+    validate_config,
+)
+from uploader.errors import ConfigError
+from uploader.journal import FAILED, Journal
+from uploader.logs import setup_logging
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("uploader")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"uploader: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uploader", description="Upload every file of a directory to S3, and keep doing it.")
+    parser.add_argument("--version", action="version", version=f"uploader {version('uploader')}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="watch source.directory and upload until stopped")
+    run.add_argument("--config", required=True, type=Path, help="the YAML configuration")
+    run.set_defaults(handler=_cmd_run)
+
+    upload = commands.add_parser("upload", help="upload files and folders once, then exit")
+    upload.add_argument("--config", type=Path, help="YAML settings (transfer, s3, filters)")
+    upload.add_argument("--endpoint-url", help="an S3-compatible endpoint")
+    upload.add_argument("--region", help="the bucket's region")
+    upload.add_argument("paths", nargs="+", metavar="PATH... s3://BUCKET[/PREFIX]")
+    upload.set_defaults(handler=_cmd_upload)
+
+    check = commands.add_parser("check-config", help="validate a configuration and explain it")
+    check.add_argument("config", type=Path)
+    check.set_defaults(handler=_cmd_check_config)
+
+    status = commands.add_parser("status", help="counts by state, uploads in progress, failures")
+    status.add_argument("--config", required=True, type=Path)
+    status.set_defaults(handler=_cmd_status)
+
+    retry = commands.add_parser("retry-failed", help="put failed files back in line")
+    retry.add_argument("--config", required=True, type=Path)
+    retry.set_defaults(handler=_cmd_retry_failed)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from uploader.daemon import run_daemon
+
+    config = load_config(args.config)
+    setup_logging(level=config.logging.level, fmt=config.logging.format)
+    return _run_async(lambda: run_daemon(config))
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from uploader.oneshot import S3Url, run_oneshot
+
+    if len(args.paths) < 2:
+        raise ConfigError("upload needs at least one PATH and then s3://BUCKET[/PREFIX]")
+    *sources, destination = args.paths
+    config = _oneshot_config(args, S3Url.parse(destination), Path(sources[0]))
+    setup_logging(level=config.logging.level, fmt=config.logging.format)
+    summary = _run_async(lambda: run_oneshot(config, [Path(p) for p in sources]))
+    print(summary.line())
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _oneshot_config(args: argparse.Namespace, url: Any, first: Path) -> Config:
+    raw: dict[str, Any] = {}
+    if args.config:
+        raw = read_config_file(args.config)
+    apply_env_overrides(raw, os.environ)
+    raw.setdefault("source", {})["directory"] = str(first)
+    s3 = raw.setdefault("s3", {})
+    s3.update(bucket=url.bucket, prefix=url.prefix)
+    if args.endpoint_url:
+        s3["endpoint_url"] = args.endpoint_url
+    if args.region:
+        s3["region"] = args.region
+    raw.setdefault("source", {})["settle_seconds"] = 0
+    return validate_config(raw, origin="upload")
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: valid\n")
+    print(explain(config))
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    journal = _open_existing_journal(config)
+    try:
+        counts = journal.counts()
+        print("files: " + ", ".join(f"{state} {count}" for state, count in counts.items()))
+        for upload in journal.uploads():
+            done = journal.count_parts(upload.upload_id)
+            print(f"in progress: {upload.path} -> {upload.key}: {done}/{upload.parts} parts")
+        for record in journal.files_in_state(FAILED):
+            print(f"failed: {record.path}: {record.error}")
+    finally:
+        journal.close()
+    return EXIT_OK
+
+
+def _cmd_retry_failed(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    journal = _open_existing_journal(config)
+    try:
+        count = journal.reset_failed()
+    finally:
+        journal.close()
+    print(f"{count} failed file(s) put back in line; the running daemon takes them at its "
+          "next rescan, or at its next start")
+    return EXIT_OK
+
+
+def _open_existing_journal(config: Config) -> Journal:
+    path = config.state_dir / "journal.sqlite3"
+    if not path.exists():
+        raise ConfigError(f"state_dir: no journal at {path}; has the daemon run with this "
+                          "configuration?")
+    return Journal(path)
+
+
+def _run_async(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(factory())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return None
+    return uvloop.new_event_loop
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

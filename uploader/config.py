@@ -1,0 +1,291 @@
+"""The configuration schema: one YAML file, validated at load.
+
+Every field is documented here once, in its `description`; `uploader
+check-config` and the README's reference are generated from this schema.
+Unknown keys are rejected by name. Sizes are written `8MiB`, `512KiB`, `1GiB`.
+
+Any key can be overridden from the environment: `UPLOADER_` followed by the
+key's path in upper case with `__` between levels, e.g.
+`UPLOADER_S3__BUCKET=my-bucket` or `UPLOADER_TRANSFER__PART_SIZE=16MiB`. The value
+is read as a YAML scalar, so `UPLOADER_S3__ENDPOINT_URL=null` works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from uploader.errors import ConfigError
+
+ENV_PREFIX = "UPLOADER_"
+ENV_NESTING = "__"
+
+_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """`8MiB` -> 8388608. Plain integers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 8MiB, got a boolean")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"expected a size such as 8MiB, 512KiB or 1GiB, got {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Section):
+    type: Literal["directory"] = Field(
+        "directory", description="Where files come from. `directory`: a watched local directory.")
+    directory: Path = Field(
+        description="The directory to watch, recursively. Every file below it is uploaded.")
+    include: list[str] = Field(
+        default_factory=lambda: ["**"],
+        description="Glob patterns on the path relative to `directory`; only matching files "
+        "are uploaded. `**` matches any number of folders, `*` anything but `/`.")
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns on the relative path; matching files are never uploaded. "
+        "Exclude wins over include.")
+    ignore_hidden: bool = Field(
+        True, description="Ignore files and folders whose name starts with `.`.")
+    ignore_temporary: bool = Field(
+        True, description="Ignore editor and download temporaries: `*.tmp`, `*.temp`, `*.part`, "
+        "`*.partial`, `*.crdownload`, `*.swp`, `*~`, `#*#`.")
+    settle_seconds: float = Field(
+        2.0, ge=0, description="A file is taken only after it was closed (or moved in) and then "
+        "stayed unchanged (size and mtime) for this long.")
+    rescan_interval_seconds: float = Field(
+        300.0, gt=0, description="A full rescan of the directory runs at start and then this "
+        "often, catching files whose events were missed (inotify queue overflow).")
+    follow_symlinks: bool = Field(
+        False, description="Upload the targets of symbolic links (otherwise links are skipped).")
+
+
+class S3Config(Section):
+    bucket: str = Field(min_length=3, max_length=63, description="The target bucket.")
+    prefix: str = Field(
+        "", description="Prepended to every object key, e.g. `incoming/`. The key is "
+        "`prefix` + the path relative to `source.directory` with `/` separators.")
+    region: str = Field("us-east-1", description="The bucket's region.")
+    endpoint_url: str | None = Field(
+        None, description="An S3-compatible endpoint, e.g. `http://127.0.0.1:8333`. "
+        "`null` means AWS.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="`path` puts the bucket in the path (most S3-compatible servers), "
+        "`virtual` in the host name, `auto` lets botocore choose.")
+    storage_class: str | None = Field(
+        None, description="e.g. `STANDARD_IA`, `INTELLIGENT_TIERING`; `null` = bucket default.")
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
+        None, description="SSE-S3 (`AES256`) or SSE-KMS (`aws:kms`); `null` = bucket default.")
+    sse_kms_key_id: str | None = Field(
+        None, description="The KMS key for `aws:kms`; `null` = the AWS managed key.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="User metadata (`x-amz-meta-*`) set on every object.")
+    profile: str | None = Field(
+        None, description="An AWS profile name; `null` = the standard credential chain "
+        "(environment, profile, container and instance roles).")
+
+
+class TransferConfig(Section):
+    multipart_threshold: Size = Field(
+        8 * 1024**2, ge=0, description="Files of at least this size are sent as multipart "
+        "uploads; smaller ones with a single PUT.")
+    part_size: Size = Field(
+        8 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3,
+        description="Size of each multipart part (5MiB..5GiB); raised automatically so no "
+        "upload needs more than 10,000 parts.")
+    concurrency: int = Field(
+        16, ge=1, le=1024, description="Files uploaded at the same time.")
+    max_parts_in_flight: int = Field(
+        8, ge=1, le=1024, description="Multipart parts sent at the same time, over all files; "
+        "each holds one part in memory.")
+    checksum: Literal["md5", "crc32", "crc32c", "sha256", "none"] = Field(
+        "md5", description="Integrity check sent with every PUT and part so the server rejects "
+        "corrupted bytes. `md5` (Content-MD5) works on AWS and every S3-compatible server; "
+        "`crc32`/`crc32c`/`sha256` use the newer `x-amz-checksum-*` headers.")
+    max_attempts: int = Field(
+        8, ge=1, description="Attempts per request (a PUT or one part) before the file fails.")
+    backoff_base_seconds: float = Field(
+        0.1, gt=0, description="First retry waits up to this long (full jitter), doubling.")
+    backoff_max_seconds: float = Field(
+        20.0, gt=0, description="Cap on a single retry's wait.")
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="TCP connect timeout.")
+    read_timeout_seconds: float = Field(
+        60.0, gt=0, description="Time allowed without progress on a response.")
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level.")
+    format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per line (for containers); `text`: for people.")
+
+
+class Config(Section):
+    source: SourceConfig = Field(description="What to upload.")
+    s3: S3Config = Field(description="Where to upload it.")
+    transfer: TransferConfig = Field(
+        default_factory=TransferConfig, description="How to upload it.")
+    state_dir: Path = Field(
+        Path("/var/lib/uploader"),
+        description="Holds the journal (`journal.sqlite3`), which records every file's state.")
+    after_upload: Literal["keep", "delete", "move"] = Field(
+        "keep", description="What happens to a source file once its object is verified in S3.")
+    move_to: Path | None = Field(
+        None, description="With `after_upload: move`: the folder files are moved to, keeping "
+        "their relative path.")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM/SIGINT, in-flight uploads get this long to finish; "
+        "then they are parked (multipart uploads resume at the next start).")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    @model_validator(mode="after")
+    def _move_needs_target(self) -> "Config":
+        if self.after_upload == "move" and self.move_to is None:
+            raise ValueError("after_upload is 'move' but move_to is not set; "
+                             "give the folder files are moved to")
+        return self
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate. Raises ConfigError."""
+    raw = read_config_file(Path(path))
+    apply_env_overrides(raw, os.environ if environ is None else environ)
+    return validate_config(raw, origin=str(path))
+
+
+def validate_config(raw: dict[str, Any], *, origin: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_error(err) for err in exc.errors()]
+        raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """UPLOADER_S3__BUCKET=x sets raw['s3']['bucket'] = 'x' (value parsed as YAML)."""
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split(ENV_NESTING)]
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[path[-1]] = value
+
+
+def _describe_error(err: Mapping[str, Any]) -> str:
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key{_allowed_keys_hint(err['loc'])}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    return " (expected one of: " + ", ".join(model.model_fields) + ")"
+
+
+def explain(config: Config) -> str:
+    """A readable account of the effective settings, for `uploader check-config`."""
+    lines: list[str] = []
+    _explain_model(config, prefix="", lines=lines)
+    return "\n".join(lines)
+
+
+def _explain_model(model: BaseModel, *, prefix: str, lines: list[str]) -> None:
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _explain_model(value, prefix=f"{prefix}{name}.", lines=lines)
+            continue
+        lines.append(f"{prefix}{name} = {value!r}")
+        lines.append(f"    {field.description}")
+
+
+def reference_markdown() -> str:
+    """The configuration reference in Markdown, generated from the schema."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    _reference_rows(Config, prefix="", rows=rows)
+    return "\n".join(rows)
+
+
+def _reference_rows(model: type[BaseModel], *, prefix: str, rows: list[str]) -> None:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _reference_rows(annotation, prefix=f"{prefix}{name}.", rows=rows)
+            continue
+        default = "required" if field.is_required() else f"`{_default_text(field)}`"
+        rows.append(f"| `{prefix}{name}` | {default} | {field.description} |")
+
+
+def _default_text(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+if __name__ == "__main__":  # python -m uploader.config: print the README reference
+    print(reference_markdown())

@@ -1,0 +1,69 @@
+"""The uploader's typed errors.
+
+Library exceptions (botocore, aiohttp, OSError) are translated into these at one
+boundary (`uploader.s3errors`), so the retry policy, the journal and the log only
+ever see this small hierarchy.
+"""
+
+from __future__ import annotations
+
+
+class UploaderError(Exception):
+    """Base of every error the uploader raises on purpose."""
+
+
+class ConfigError(UploaderError):
+    """The configuration is invalid; the message names the key and what is expected."""
+
+
+class SourceError(UploaderError):
+    """A local file cannot be uploaded as it is (unreadable, vanished, changed)."""
+
+
+class SourceVanished(SourceError):
+    """The file disappeared before or during its upload."""
+
+
+class SourceChanged(SourceError):
+    """The file changed while it was being uploaded; it goes back to settling."""
+
+
+class SourceUnreadable(SourceError):
+    """The file exists but cannot be read (permissions, I/O error)."""
+
+
+class TransferError(UploaderError):
+    """An S3 request failed. `code` is S3's error code or a short local reason."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientError(TransferError):
+    """Worth retrying: 500/502/503/504, resets, timeouts."""
+
+
+class ConnectionFailure(TransientError):
+    """The endpoint could not be reached or dropped the connection."""
+
+
+class ThrottleError(TransientError):
+    """The server asked us to slow down (SlowDown, 503, 429, throttling codes)."""
+
+
+class PermanentError(TransferError):
+    """Retrying will not help: 400, 403, 404 NoSuchBucket, bad credentials."""
+
+
+class VerificationError(UploaderError):
+    """The object in S3 does not match what was sent (size or checksum)."""

@@ -1,0 +1,78 @@
+"""`uploader upload PATH... s3://BUCKET/PREFIX`: the same pipeline, once, then exit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from uploader.config import Config
+from uploader.errors import ConfigError
+from uploader.filters import FileFilter
+from uploader.journal import Journal
+from uploader.pipeline import Outcome, Totals
+from uploader.sources.walk import TreeWalker
+from uploader.wiring import services
+
+
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, text: str) -> "S3Url":
+        if not text.startswith("s3://") or len(text) <= len("s3://"):
+            raise ConfigError(f"{text!r}: the destination must look like s3://BUCKET[/PREFIX]")
+        bucket, _, prefix = text[len("s3://"):].partition("/")
+        return cls(bucket=bucket, prefix=prefix)
+
+
+@dataclass
+class Summary:
+    totals: Totals
+    retries: int
+    seconds: float
+
+    @property
+    def failed(self) -> int:
+        return self.totals.counts[Outcome.FAILED]
+
+    def line(self) -> str:
+        c = self.totals.counts
+        mib = self.totals.bytes_uploaded / 1024**2
+        rate = mib / self.seconds if self.seconds > 0 else 0.0
+        return (f"uploaded {c[Outcome.UPLOADED]} files ({mib:.1f} MiB, {rate:.1f} MiB/s) in "
+                f"{self.seconds:.1f}s; {c[Outcome.ALREADY_UPLOADED]} already there, "
+                f"{c[Outcome.FAILED]} failed, {c[Outcome.SKIPPED] + c[Outcome.CHANGED]} "
+                f"skipped; {self.retries} retries")
+
+
+async def run_oneshot(config: Config, paths: list[Path]) -> Summary:
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or directory")
+    started = time.monotonic()
+    journal = Journal(":memory:")  # a one-shot run keeps no state between runs
+    try:
+        async with services(config, journal=journal) as svc:
+            svc.pool.start()
+            for path in paths:
+                await _submit_tree(path, config=config, submit=svc.pool.submit)
+            await svc.pool.join()
+            await svc.pool.stop(grace_seconds=0)
+            return Summary(totals=svc.pipeline.totals, retries=svc.retry.retries,
+                           seconds=time.monotonic() - started)
+    finally:
+        journal.close()
+
+
+async def _submit_tree(path: Path, *, config: Config, submit) -> None:  # noqa: ANN001
+    """A file goes up under its name; a directory's contents under their relative paths."""
+    if path.is_file():
+        await submit(path, path.name)
+        return
+    walker = TreeWalker(root=path, file_filter=FileFilter(config.source),
+                        follow_symlinks=config.source.follow_symlinks)
+    for file_path, _ in walker.files():
+        await submit(file_path, walker.relative(file_path))

@@ -1,0 +1,183 @@
+"""One file's way through the uploader: decide, upload, verify, record, clean up.
+
+`Pipeline.process` never raises for a file's own problems: every outcome is
+written to the journal and the log, so one bad file cannot stop the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from uploader.errors import (
+    SourceChanged,
+    SourceError,
+    SourceVanished,
+    TransferError,
+    VerificationError,
+)
+from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
+from uploader.keys import object_key
+from uploader.transfer.context import TransferContext, UploadResult
+from uploader.transfer.job import FileJob, stat_signature
+from uploader.transfer.multipart import upload_multipart
+from uploader.transfer.put import put_file
+from uploader.verify import confirm_object, matching_object_exists
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    UPLOADED = "uploaded"
+    ALREADY_UPLOADED = "already uploaded"
+    CHANGED = "changed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass
+class Totals:
+    """Counts for the one-shot summary and for tests."""
+
+    counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    bytes_uploaded: int = 0
+
+    def add(self, outcome: Outcome, nbytes: int = 0) -> None:
+        self.counts[outcome] += 1
+        self.bytes_uploaded += nbytes
+
+
+@dataclass
+class AfterUpload:
+    action: str  # keep | delete | move
+    move_to: Path | None = None
+
+
+class Pipeline:
+    def __init__(self, *, ctx: TransferContext, journal: Journal, prefix: str,
+                 after_upload: AfterUpload, follow_symlinks: bool = False,
+                 key_for: Callable[[str], str] | None = None) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.prefix = prefix
+        self.after_upload = after_upload
+        self.follow_symlinks = follow_symlinks
+        self.totals = Totals()
+        self.started_at = time.time()
+        self._key_for = key_for or (lambda rel: object_key(prefix=prefix, relative_path=rel))
+
+    async def process(self, path: Path, relative: str) -> Outcome:
+        """Upload `path` as `prefix` + `relative` (its path below the watched root)."""
+        outcome, nbytes = await self._process(path, relative)
+        self.totals.add(outcome, nbytes)
+        return outcome
+
+    async def _process(self, path: Path, relative: str) -> tuple[Outcome, int]:
+        key = self._key_for(relative)
+        try:
+            signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
+        except SourceVanished as exc:
+            self._record_skip(path, key, reason=str(exc))
+            return Outcome.SKIPPED, 0
+        except SourceError as exc:
+            self._record(path, key, size=0, mtime_ns=0, status=FAILED, error=str(exc))
+            log.error("%s", exc, extra={"file": str(path), "key": key})
+            return Outcome.FAILED, 0
+        job = FileJob(path=path, relative=relative, key=key, signature=signature)
+        previous = self.journal.lookup(str(path))
+        if self._already_done(previous, job):
+            return Outcome.ALREADY_UPLOADED, 0
+        if self._failed_this_run(previous, job):
+            return Outcome.FAILED, 0
+        return await self._upload(job, previous)
+
+    def _already_done(self, previous: FileRecord | None, job: FileJob) -> bool:
+        return (previous is not None and previous.status == UPLOADED
+                and previous.key == job.key and previous.size == job.size
+                and previous.mtime_ns == job.signature.mtime_ns)
+
+    def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
+        """A file that failed since this process started is not retried until it changes."""
+        return (previous is not None and previous.status == FAILED
+                and previous.updated_at >= self.started_at and previous.size == job.size
+                and previous.mtime_ns == job.signature.mtime_ns)
+
+    async def _upload(self, job: FileJob, previous: FileRecord | None) -> tuple[Outcome, int]:
+        extra = {"file": str(job.path), "key": job.key}
+        try:
+            result = await self._transfer(job, crashed_before=_was_interrupted(previous, job))
+            if self.after_upload.action != "keep":
+                await confirm_object(self.ctx, job, result)
+        except SourceChanged as exc:
+            log.info("%s", exc, extra=extra)
+            self._record_job(job, PENDING, error=str(exc))
+            return Outcome.CHANGED, 0
+        except SourceVanished as exc:
+            self._record_skip(job.path, job.key, reason=str(exc))
+            return Outcome.SKIPPED, 0
+        except (TransferError, SourceError, VerificationError) as exc:
+            log.error("upload failed: %s", exc,
+                      extra={**extra, "error_code": getattr(exc, "code", None)})
+            self._record_job(job, FAILED, error=str(exc))
+            return Outcome.FAILED, 0
+        self._record_job(job, UPLOADED, etag=result.etag)
+        log.info("uploaded %s to s3://%s/%s (%d bytes)", job.path, self.ctx.bucket, job.key,
+                 job.size, extra={**extra, "size": job.size})
+        self._apply_after_upload(job)
+        if result.reused:
+            return Outcome.ALREADY_UPLOADED, 0
+        return Outcome.UPLOADED, result.size
+
+    async def _transfer(self, job: FileJob, *, crashed_before: bool) -> UploadResult:
+        if crashed_before and self.journal.find_upload(str(job.path)) is None:
+            # A previous run may have finished the PUT but died before recording it.
+            existing = await matching_object_exists(self.ctx, job)
+            if existing is not None:
+                log.info("%s was already uploaded before a restart; not sending it again",
+                         job.path, extra={"file": str(job.path), "key": job.key})
+                return existing
+        self._record_job(job, UPLOADING)
+        if job.size >= self.ctx.multipart_threshold:
+            return await upload_multipart(self.ctx, job)
+        return await put_file(self.ctx, job)
+
+    def _apply_after_upload(self, job: FileJob) -> None:
+        action = self.after_upload.action
+        try:
+            if action == "delete":
+                job.path.unlink()
+            elif action == "move" and self.after_upload.move_to is not None:
+                target = self.after_upload.move_to / job.relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(job.path, target)
+        except OSError as exc:
+            log.error("uploaded %s but could not %s it: %s", job.path, action, exc.strerror,
+                      extra={"file": str(job.path), "key": job.key})
+
+    def _record_job(self, job: FileJob, status: str, *, etag: str | None = None,
+                    error: str | None = None) -> None:
+        self._record(job.path, job.key, size=job.size, mtime_ns=job.signature.mtime_ns,
+                     status=status, etag=etag, error=error)
+
+    def _record(self, path: Path, key: str, *, size: int, mtime_ns: int, status: str,
+                etag: str | None = None, error: str | None = None) -> None:
+        self.journal.set_state(str(path), size=size, mtime_ns=mtime_ns, key=key, status=status,
+                               etag=etag, error=error)
+
+    def _record_skip(self, path: Path, key: str, *, reason: str) -> None:
+        log.warning("skipped: %s", reason, extra={"file": str(path), "key": key})
+        previous = self.journal.lookup(str(path))
+        if previous is not None and previous.status == UPLOADED:
+            return  # e.g. moved away after upload, then an old event arrived
+        self._record(path, key, size=0, mtime_ns=0, status=SKIPPED, error=reason)
+
+
+def _was_interrupted(previous: FileRecord | None, job: FileJob) -> bool:
+    return (previous is not None and previous.status == UPLOADING
+            and previous.size == job.size and previous.mtime_ns == job.signature.mtime_ns)
+

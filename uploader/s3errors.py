@@ -1,0 +1,97 @@
+"""The one boundary where library exceptions become the uploader's typed errors.
+
+Everything that talks to S3 (the aioboto3 control plane, and any faster data
+path) raises through `translate`, so the retry policy classifies one hierarchy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import botocore.exceptions as bce
+from botocore.retries.standard import ThrottledRetryableChecker
+
+from uploader.errors import (
+    ConnectionFailure,
+    PermanentError,
+    ThrottleError,
+    TransferError,
+    TransientError,
+)
+
+THROTTLE_CODES = frozenset(ThrottledRetryableChecker._THROTTLED_ERROR_CODES)  # noqa: SLF001
+THROTTLE_STATUSES = frozenset({429, 503})
+TRANSIENT_STATUSES = frozenset({500, 502, 504})
+TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout", "RequestTimeoutException",
+                             "ServiceUnavailable", "ExpiredToken", "IDPCommunicationError"})
+
+_CONNECTION_ERRORS = (bce.EndpointConnectionError, bce.ConnectionClosedError,
+                      bce.ReadTimeoutError, bce.ConnectTimeoutError, bce.ConnectionError,
+                      bce.HTTPClientError, aiohttp.ClientError, asyncio.TimeoutError,
+                      ConnectionError, TimeoutError)
+
+
+def translate(exc: BaseException, *, what: str) -> TransferError:
+    """Classify `exc` raised while doing `what` (e.g. "PUT s3://b/k")."""
+    if isinstance(exc, TransferError):
+        return exc
+    if isinstance(exc, bce.ClientError):
+        return _from_client_error(exc, what=what)
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+        return PermanentError(f"{what}: no usable AWS credentials ({exc}); set them in the "
+                              "environment, a profile or a role", code="NoCredentials")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return ConnectionFailure(f"{what}: connection failed: {_short(exc)}",
+                                 code=type(exc).__name__)
+    return PermanentError(f"{what}: {type(exc).__name__}: {_short(exc)}",
+                          code=type(exc).__name__)
+
+
+def classify_http(*, status: int, code: str | None, message: str, what: str,
+                  retry_after: float | None = None) -> TransferError:
+    """Classify an S3 error response by status and error code."""
+    code = code or f"HTTP{status}"
+    text = f"{what}: {code} (HTTP {status}): {message}".rstrip(": ")
+    if code in THROTTLE_CODES or status in THROTTLE_STATUSES:
+        return ThrottleError(text, code=code, status=status, retry_after=retry_after)
+    if code in TRANSIENT_CODES or status in TRANSIENT_STATUSES:
+        return TransientError(text, code=code, status=status, retry_after=retry_after)
+    return PermanentError(text + _advice(code), code=code, status=status)
+
+
+def _from_client_error(exc: bce.ClientError, *, what: str) -> TransferError:
+    error = exc.response.get("Error", {})
+    meta = exc.response.get("ResponseMetadata", {})
+    status = int(meta.get("HTTPStatusCode") or 0)
+    headers = {k.lower(): v for k, v in (meta.get("HTTPHeaders") or {}).items()}
+    return classify_http(status=status, code=error.get("Code") or None,
+                         message=error.get("Message") or "", what=what,
+                         retry_after=parse_retry_after(headers))
+
+
+def parse_retry_after(headers: dict[str, str]) -> float | None:
+    for name in ("x-amz-retry-after", "retry-after"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        # x-amz-retry-after is in milliseconds, Retry-After in seconds.
+        return seconds / 1000 if name == "x-amz-retry-after" else seconds
+    return None
+
+
+def _advice(code: str) -> str:
+    return {
+        "NoSuchBucket": "; check s3.bucket and s3.region",
+        "AccessDenied": "; check the credentials' permissions on the bucket",
+        "InvalidAccessKeyId": "; check the AWS access key",
+        "SignatureDoesNotMatch": "; check the AWS secret key",
+    }.get(code, "")
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

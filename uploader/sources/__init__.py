@@ -1,0 +1,1 @@
+"""Where files to upload come from."""

@@ -1,0 +1,200 @@
+"""The watched directory: turning files that land in it into settled upload jobs.
+
+A file is handed on only when it is whole: it was closed after writing
+(IN_CLOSE_WRITE) or moved in (IN_MOVED_TO), and then stayed unchanged for
+`settle_seconds`. Files still open for writing (seen modified, not yet closed)
+are never taken. A full rescan at start and every `rescan_interval_seconds`
+catches what events missed (inotify queues overflow); after an overflow the
+open-for-writing knowledge is gone, so rescans rely on the settle period.
+
+On systems without inotify, rescans alone find files (documented).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from uploader.sources.walk import TreeWalker
+from uploader.transfer.job import Signature
+
+try:  # Linux only; elsewhere rescans do the work.
+    from asyncinotify import Inotify, Mask
+except (ImportError, OSError):  # pragma: no cover - exercised on non-Linux only
+    Inotify = None  # type: ignore[assignment,misc]
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[Path, str], Awaitable[None]]  # (path, path relative to the root)
+SETTLE_TICK_SECONDS = 0.1
+
+
+@dataclass
+class _Settling:
+    signature: Signature
+    due: float
+
+
+class DirectorySource:
+    def __init__(self, *, walker: TreeWalker, submit: Submit, settle_seconds: float,
+                 rescan_interval_seconds: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.walker = walker
+        self.root = walker.root
+        self.submit = submit
+        self.settle_seconds = settle_seconds
+        self.rescan_interval = rescan_interval_seconds
+        self.follow_symlinks = walker.follow_symlinks
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._settling: dict[Path, _Settling] = {}
+        self._writing: set[Path] = set()
+        self._wake = asyncio.Event()
+        self._full_rescan = False
+        self._subtrees: list[Path] = []
+        self._ready = asyncio.Event()
+        self.scans_completed = 0
+
+    async def run(self) -> None:
+        """Watch, scan and settle until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            if Inotify is not None:
+                group.create_task(self._watch(), name="watch")
+            else:
+                log.warning("inotify is not available; finding files by rescans only")
+            group.create_task(self._rescan_loop(), name="rescan")
+            group.create_task(self._settle_loop(), name="settle")
+
+    def resettle(self, path: Path) -> None:
+        """A file changed during its upload: wait for it to settle again."""
+        self._consider(path)
+
+    async def wait_first_scan(self) -> None:
+        await self._ready.wait()
+
+    # -- scanning ---------------------------------------------------------
+
+    async def _rescan_loop(self) -> None:
+        await self.scan(self.root)
+        self._ready.set()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.rescan_interval)
+                timed_out = False
+            except TimeoutError:
+                timed_out = True
+            self._wake.clear()
+            if timed_out or self._full_rescan:
+                self._full_rescan = False
+                self._subtrees.clear()
+                await self.scan(self.root)
+            while self._subtrees:
+                await self.scan(self._subtrees.pop())
+
+    async def scan(self, top: Path) -> None:
+        """Walk a tree; old-enough files go straight on, young ones settle first."""
+        started = time.monotonic()
+        count = 0
+        for path, st in self.walker.files(top):
+            count += 1
+            if path in self._writing or path in self._settling:
+                continue
+            if self._wall_clock() - st.st_mtime >= self.settle_seconds:
+                await self._hand_on(path)
+            else:
+                self._consider(path, Signature.of(st))
+            if count % 512 == 0:
+                await asyncio.sleep(0)  # let uploads run during a huge scan
+        self.scans_completed += 1
+        log.debug("scanned %d files below %s in %.2fs", count, top, time.monotonic() - started)
+
+    # -- settling ---------------------------------------------------------
+
+    def _consider(self, path: Path, signature: Signature | None = None) -> None:
+        if signature is None:
+            signature = self._signature(path)
+            if signature is None:
+                return
+        self._settling[path] = _Settling(signature, self._clock() + self.settle_seconds)
+
+    def _signature(self, path: Path) -> Signature | None:
+        try:
+            return Signature.of(os.stat(path, follow_symlinks=self.follow_symlinks))
+        except OSError:
+            return None
+
+    async def _settle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(SETTLE_TICK_SECONDS, self.settle_seconds or SETTLE_TICK_SECONDS))
+            now = self._clock()
+            due = [p for p, s in self._settling.items() if s.due <= now]
+            for path in due:
+                await self._settle(path)
+
+    async def _settle(self, path: Path) -> None:
+        entry = self._settling.pop(path, None)
+        if entry is None or path in self._writing:
+            return
+        current = self._signature(path)
+        if current is None:
+            return  # gone: nothing to upload
+        if current != entry.signature:
+            self._consider(path, current)  # still changing: start the quiet period again
+            return
+        await self._hand_on(path)
+
+    async def _hand_on(self, path: Path) -> None:
+        await self.submit(path, self.walker.relative(path))
+
+    # -- inotify ----------------------------------------------------------
+
+    async def _watch(self) -> None:
+        mask = (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MODIFY | Mask.CREATE | Mask.DELETE
+                | Mask.MOVED_FROM | Mask.ONLYDIR)
+        with Inotify() as inotify:
+            self._add_watches(inotify, self.root, mask)
+            async for event in inotify:
+                self._on_event(inotify, event, mask)
+
+    def _add_watches(self, inotify: "Inotify", top: Path, mask: "Mask") -> None:
+        for directory in self.walker.directories(top):
+            try:
+                inotify.add_watch(directory, mask)
+            except OSError as exc:
+                log.warning("cannot watch %s (%s); rescans will cover it", directory, exc)
+
+    def _on_event(self, inotify: "Inotify", event: object, mask: "Mask") -> None:
+        kind = event.mask  # type: ignore[attr-defined]
+        if Mask.Q_OVERFLOW in kind:
+            log.warning("inotify queue overflowed; rescanning %s", self.root)
+            self._writing.clear()
+            self._full_rescan = True
+            self._wake.set()
+            return
+        path = event.path  # type: ignore[attr-defined]
+        if path is None:
+            return
+        if Mask.ISDIR in kind:
+            if kind & (Mask.CREATE | Mask.MOVED_TO) and self.walker.wants_dir(path):
+                # Files may have landed before the watch existed: scan the new tree.
+                self._add_watches(inotify, path, mask)
+                self._subtrees.append(path)
+                self._wake.set()
+            return
+        if not self.walker.wants_file(path):
+            return
+        if kind & (Mask.CREATE | Mask.MODIFY):
+            self._writing.add(path)
+            self._settling.pop(path, None)
+        elif kind & (Mask.CLOSE_WRITE | Mask.MOVED_TO):
+            self._writing.discard(path)
+            self._consider(path)
+        elif kind & (Mask.DELETE | Mask.MOVED_FROM):
+            self._writing.discard(path)
+            self._settling.pop(path, None)

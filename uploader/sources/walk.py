@@ -1,0 +1,75 @@
+"""Walking a directory tree lazily: a huge tree is never held in memory whole."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from uploader.filters import FileFilter
+
+log = logging.getLogger(__name__)
+
+
+class TreeWalker:
+    def __init__(self, *, root: Path, file_filter: FileFilter, follow_symlinks: bool = False,
+                 ignore_dirs: tuple[Path, ...] = ()) -> None:
+        self.root = root
+        self.filter = file_filter
+        self.follow_symlinks = follow_symlinks
+        self.ignore_dirs = tuple(p.resolve() for p in ignore_dirs)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def wants_dir(self, path: Path) -> bool:
+        if self.ignore_dirs and path.resolve() in self.ignore_dirs:
+            return False
+        return self.filter.wants_directory(self.relative(path))
+
+    def wants_file(self, path: Path) -> bool:
+        try:
+            return self.filter.wants_file(self.relative(path))
+        except ValueError:  # not below the root
+            return False
+
+    def files(self, top: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
+        """(path, stat) of every wanted regular file below `top` (default: the root)."""
+        stack = [top or self.root]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = os.scandir(current)
+            except OSError as exc:
+                log.warning("cannot list %s: %s", current, exc.strerror)
+                continue
+            with entries:
+                for entry in entries:
+                    yield from self._visit(entry, stack)
+
+    def directories(self, top: Path) -> Iterator[Path]:
+        """`top` and every wanted folder below it."""
+        stack = [top]
+        while stack:
+            current = stack.pop()
+            yield current
+            try:
+                with os.scandir(current) as entries:
+                    stack.extend(Path(e.path) for e in entries
+                                 if e.is_dir(follow_symlinks=self.follow_symlinks)
+                                 and self.wants_dir(Path(e.path)))
+            except OSError:
+                continue
+
+    def _visit(self, entry: os.DirEntry[str],
+               stack: list[Path]) -> Iterator[tuple[Path, os.stat_result]]:
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=self.follow_symlinks):
+                if self.wants_dir(path):
+                    stack.append(path)
+            elif entry.is_file(follow_symlinks=self.follow_symlinks) and self.wants_file(path):
+                yield path, entry.stat(follow_symlinks=self.follow_symlinks)
+        except OSError:
+            return  # vanished while we looked

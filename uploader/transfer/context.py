@@ -1,0 +1,67 @@
+"""What every transfer shares: the client, the retry policy, the part slots, the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from dataclasses import dataclass, field
+from typing import Any
+
+from uploader.config import Config
+from uploader.journal import Journal
+from uploader.retry import RetryPolicy
+from uploader.transfer.job import FileJob
+
+
+@dataclass
+class UploadResult:
+    etag: str
+    size: int
+    parts: int = 0
+    parts_sent: int = 0
+    reused: bool = False  # found already in S3 after a crash; nothing was sent
+
+
+@dataclass
+class TransferContext:
+    client: Any
+    bucket: str
+    retry: RetryPolicy
+    journal: Journal
+    checksum: str
+    multipart_threshold: int
+    part_size: int
+    part_slots: asyncio.Semaphore
+    parts_per_file: int
+    common_params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, config: Config, client: Any, retry: RetryPolicy,
+              journal: Journal) -> "TransferContext":
+        t, s3 = config.transfer, config.s3
+        params: dict[str, Any] = {}
+        if s3.storage_class:
+            params["StorageClass"] = s3.storage_class
+        if s3.server_side_encryption:
+            params["ServerSideEncryption"] = s3.server_side_encryption
+        if s3.sse_kms_key_id:
+            params["SSEKMSKeyId"] = s3.sse_kms_key_id
+        return cls(client=client, bucket=s3.bucket, retry=retry, journal=journal,
+                   checksum=t.checksum, multipart_threshold=t.multipart_threshold,
+                   part_size=t.part_size, part_slots=asyncio.Semaphore(t.max_parts_in_flight),
+                   parts_per_file=t.max_parts_in_flight, common_params=params,
+                   metadata=dict(s3.metadata))
+
+    def object_params(self, job: FileJob) -> dict[str, Any]:
+        """Parameters set when an object is created (PUT or CreateMultipartUpload)."""
+        content_type, _ = mimetypes.guess_type(job.relative)
+        params = dict(self.common_params)
+        params["ContentType"] = content_type or "application/octet-stream"
+        metadata = {**self.metadata, **job.metadata}
+        if metadata:
+            params["Metadata"] = metadata
+        return params
+
+    def describe(self, job: FileJob, operation: str) -> str:
+        return f"{operation} s3://{self.bucket}/{job.key} ({job.path})"

@@ -1,0 +1,85 @@
+"""One file to upload, and the stat signature that proves it did not change."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uploader.errors import SourceChanged, SourceUnreadable, SourceVanished
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What must stay the same from the start of an upload to its end."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Signature":
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+@dataclass(frozen=True)
+class FileJob:
+    path: Path
+    relative: str
+    key: str
+    signature: Signature
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.signature.size
+
+
+def stat_signature(path: Path, *, follow_symlinks: bool = True) -> Signature:
+    try:
+        return Signature.of(os.stat(path, follow_symlinks=follow_symlinks))
+    except FileNotFoundError:
+        raise SourceVanished(f"{path}: the file vanished before it could be uploaded") from None
+    except OSError as exc:
+        raise SourceUnreadable(f"{path}: cannot stat: {exc.strerror}") from None
+
+
+def open_for_upload(job: FileJob) -> int:
+    """Open read-only; the same inode as at the start, or the file was replaced."""
+    try:
+        fd = os.open(job.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise SourceVanished(f"{job.path}: the file vanished before it could be uploaded") from None
+    except OSError as exc:
+        raise SourceUnreadable(f"{job.path}: cannot read: {exc.strerror}") from None
+    if Signature.of(os.fstat(fd)) != job.signature:
+        os.close(fd)
+        raise SourceChanged(f"{job.path}: the file changed since it settled")
+    return fd
+
+
+def ensure_unchanged(job: FileJob) -> None:
+    """Raise SourceChanged if the file at `job.path` is no longer what we read."""
+    try:
+        now = Signature.of(os.stat(job.path))
+    except FileNotFoundError:
+        raise SourceVanished(f"{job.path}: the file vanished during its upload") from None
+    if now != job.signature:
+        raise SourceChanged(f"{job.path}: the file changed during its upload "
+                            f"(size {job.signature.size} -> {now.size}); it will be "
+                            "uploaded again once it settles")
+
+
+def read_range(fd: int, *, offset: int, length: int, path: Path) -> bytes:
+    chunks: list[bytes] = []
+    remaining = length
+    while remaining:
+        try:
+            chunk = os.pread(fd, remaining, offset + length - remaining)
+        except OSError as exc:
+            raise SourceUnreadable(f"{path}: read failed: {exc.strerror}") from None
+        if not chunk:
+            raise SourceChanged(f"{path}: the file shrank during its upload")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" when length is 0

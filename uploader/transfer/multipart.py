@@ -1,0 +1,212 @@
+"""Large files: a multipart upload, resumable part by part.
+
+The UploadId is journaled the moment it exists, and each part's ETag and
+checksum are journaled as the part completes, before it counts as done. So a
+killed process resumes where it stopped (ListParts reconciles the journal with
+the server), and a cancelled one (shutdown) parks its upload for the next start.
+An upload that fails for good, or whose file changed, is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+from uploader.checksums import ALGORITHM, PARAMETER, checksum_b64
+from uploader.errors import PermanentError, TransferError, UploaderError
+from uploader.journal import PartRecord, UploadRecord
+from uploader.transfer.context import TransferContext, UploadResult
+from uploader.transfer.job import FileJob, ensure_unchanged, open_for_upload, read_range
+from uploader.transfer.sizing import part_count, part_range, part_size_for
+
+log = logging.getLogger(__name__)
+LIST_PARTS_PAGE = 1000
+
+
+async def upload_multipart(ctx: TransferContext, job: FileJob) -> UploadResult:
+    part_size = part_size_for(job.size, ctx.part_size)
+    total = part_count(job.size, part_size)
+    upload = await _resume_or_create(ctx, job, part_size=part_size, total=total)
+    try:
+        done = await _parts_already_stored(ctx, job, upload)
+        if done is None:  # the server forgot this upload: start over cleanly
+            ctx.journal.drop_upload(str(job.path))
+            upload = await _create(ctx, job, part_size=part_size, total=total)
+            done = {}
+        missing = [n for n in range(1, total + 1) if n not in done]
+        await _send_parts(ctx, job, upload, missing)
+        ensure_unchanged(job)
+        etag = await _complete(ctx, job, upload)
+    except asyncio.CancelledError:
+        log.info("parked multipart upload of %s for the next start", job.path,
+                 extra={"file": str(job.path), "key": job.key})
+        raise
+    except (UploaderError, OSError) as exc:
+        await _abort(ctx, job, upload, reason=exc)
+        raise
+    ctx.journal.drop_upload(str(job.path))
+    return UploadResult(etag=etag, size=job.size, parts=total, parts_sent=len(missing))
+
+
+async def _resume_or_create(ctx: TransferContext, job: FileJob, *, part_size: int,
+                            total: int) -> UploadRecord:
+    previous = ctx.journal.find_upload(str(job.path))
+    if previous is not None:
+        if (previous.key, previous.size, previous.mtime_ns, previous.part_size,
+                previous.checksum) == (job.key, job.size, job.signature.mtime_ns, part_size,
+                                       ctx.checksum):
+            log.info("resuming multipart upload of %s", job.path,
+                     extra={"file": str(job.path), "key": job.key})
+            return previous
+        await _abort(ctx, job, previous, reason="the file or settings changed since")
+    return await _create(ctx, job, part_size=part_size, total=total)
+
+
+async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
+                  total: int) -> UploadRecord:
+    params = ctx.object_params(job)
+    if ctx.checksum in ALGORITHM:
+        params["ChecksumAlgorithm"] = ALGORITHM[ctx.checksum]
+    response = await ctx.retry.call(
+        lambda: ctx.client.create_multipart_upload(Bucket=ctx.bucket, Key=job.key, **params),
+        what=ctx.describe(job, "CreateMultipartUpload"))
+    record = UploadRecord(path=str(job.path), key=job.key, upload_id=response["UploadId"],
+                          size=job.size, mtime_ns=job.signature.mtime_ns, part_size=part_size,
+                          parts=total, checksum=ctx.checksum, created_at=time.time())
+    ctx.journal.start_upload(record)
+    return record
+
+
+async def _parts_already_stored(ctx: TransferContext, job: FileJob,
+                                upload: UploadRecord) -> dict[int, PartRecord] | None:
+    """Parts both journaled and on the server; None if the server has no such upload."""
+    journaled = ctx.journal.parts(upload.upload_id)
+    if not journaled:
+        return {}
+    try:
+        listed = await list_all_parts(ctx, key=upload.key, upload_id=upload.upload_id,
+                                      what=ctx.describe(job, "ListParts"))
+    except PermanentError as exc:
+        if exc.code == "NoSuchUpload":
+            return None
+        raise
+    return {n: part for n, part in journaled.items()
+            if n in listed and listed[n]["ETag"].strip('"') == part.etag
+            and listed[n]["Size"] == part.size}
+
+
+async def list_all_parts(ctx: TransferContext, *, key: str, upload_id: str,
+                         what: str) -> dict[int, dict[str, Any]]:
+    """Every part of an upload, following ListParts' pages (1,000 parts each)."""
+    parts: dict[int, dict[str, Any]] = {}
+    marker = 0
+    while True:
+        page = await ctx.retry.call(
+            lambda: ctx.client.list_parts(Bucket=ctx.bucket, Key=key, UploadId=upload_id,
+                                          MaxParts=LIST_PARTS_PAGE, PartNumberMarker=marker),
+            what=what)
+        for part in page.get("Parts", []):
+            parts[part["PartNumber"]] = part
+        if not page.get("IsTruncated"):
+            return parts
+        marker = int(page["NextPartNumberMarker"])
+
+
+async def _send_parts(ctx: TransferContext, job: FileJob, upload: UploadRecord,
+                      missing: list[int]) -> None:
+    fd = open_for_upload(job)
+    try:
+        queue = iter(missing)
+        width = min(ctx.parts_per_file, len(missing))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(width):
+                group.create_task(_part_sender(ctx, job, upload, fd, queue))
+    except BaseExceptionGroup as group_error:
+        raise _first_cause(group_error) from None
+    finally:
+        os.close(fd)
+
+
+def _first_cause(group_error: BaseExceptionGroup) -> BaseException:
+    """The error a person needs: a cancellation if any, else the first failure."""
+    leaves = list(_leaves(group_error))
+    for exc in leaves:
+        if isinstance(exc, asyncio.CancelledError):
+            return exc
+    return leaves[0]
+
+
+def _leaves(group_error: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group_error.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def _part_sender(ctx: TransferContext, job: FileJob, upload: UploadRecord, fd: int,
+                       queue: Iterator[int]) -> None:
+    for number in queue:
+        async with ctx.part_slots:
+            part = await _send_part(ctx, job, upload, fd, number)
+        ctx.journal.record_part(upload.upload_id, part)
+
+
+async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, fd: int,
+                     number: int) -> PartRecord:
+    offset, length = part_range(number, file_size=upload.size, part_size=upload.part_size)
+    body = await asyncio.to_thread(read_range, fd, offset=offset, length=length, path=job.path)
+    checksum = checksum_b64(ctx.checksum, body)
+    params = {PARAMETER[ctx.checksum]: checksum} if checksum else {}
+    response = await ctx.retry.call(
+        lambda: ctx.client.upload_part(Bucket=ctx.bucket, Key=upload.key,
+                                       UploadId=upload.upload_id, PartNumber=number,
+                                       Body=body, **params),
+        what=ctx.describe(job, f"UploadPart {number}/{upload.parts}"))
+    return PartRecord(part_number=number, size=length, etag=response["ETag"].strip('"'),
+                      checksum=checksum)
+
+
+async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> str:
+    parts = ctx.journal.parts(upload.upload_id)
+    listing = [_completed_part(ctx.checksum, parts[n]) for n in sorted(parts)]
+    response = await ctx.retry.call(
+        lambda: ctx.client.complete_multipart_upload(
+            Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id,
+            MultipartUpload={"Parts": listing}),
+        what=ctx.describe(job, "CompleteMultipartUpload"))
+    return str(response["ETag"]).strip('"')
+
+
+def _completed_part(algorithm: str, part: PartRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {"PartNumber": part.part_number, "ETag": f'"{part.etag}"'}
+    if algorithm in ALGORITHM and part.checksum:
+        entry[PARAMETER[algorithm]] = part.checksum
+    return entry
+
+
+async def _abort(ctx: TransferContext, job: FileJob, upload: UploadRecord,
+                 *, reason: object) -> None:
+    """Abort under shield: a cancelled caller must not leave orphaned parts behind."""
+    log.warning("aborting multipart upload of %s: %s", job.path, reason,
+                extra={"file": str(job.path), "key": upload.key})
+
+    async def abort() -> None:
+        try:
+            await ctx.retry.call(
+                lambda: ctx.client.abort_multipart_upload(
+                    Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id),
+                what=ctx.describe(job, "AbortMultipartUpload"))
+        except PermanentError as exc:
+            if exc.code != "NoSuchUpload":
+                log.warning("abort failed: %s", exc)
+        except TransferError as exc:
+            log.warning("abort failed (the janitor will retry): %s", exc)
+            return
+        ctx.journal.drop_upload(upload.path)
+
+    await asyncio.shield(abort())
+

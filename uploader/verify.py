@@ -1,0 +1,72 @@
+"""Confirming what is in S3: before a source is deleted or moved, and after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+from uploader.errors import PermanentError, VerificationError
+from uploader.transfer.context import TransferContext, UploadResult
+from uploader.transfer.job import FileJob, open_for_upload, read_range
+from uploader.transfer.sizing import part_count, part_range, part_size_for
+
+
+async def head(ctx: TransferContext, job: FileJob) -> dict | None:
+    """HeadObject, or None if there is no such object."""
+    try:
+        return await ctx.retry.call(
+            lambda: ctx.client.head_object(Bucket=ctx.bucket, Key=job.key),
+            what=ctx.describe(job, "HEAD"))
+    except PermanentError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def confirm_object(ctx: TransferContext, job: FileJob, result: UploadResult) -> None:
+    """The object exists with the size and ETag we were given when we wrote it."""
+    found = await head(ctx, job)
+    if found is None:
+        raise VerificationError(f"s3://{ctx.bucket}/{job.key}: not found right after upload; "
+                                f"{job.path} is kept")
+    size, etag = found["ContentLength"], found["ETag"].strip('"')
+    if size != job.size or etag != result.etag:
+        raise VerificationError(
+            f"s3://{ctx.bucket}/{job.key}: holds {size} bytes with ETag {etag}, expected "
+            f"{job.size} bytes with ETag {result.etag}; {job.path} is kept")
+
+
+async def matching_object_exists(ctx: TransferContext, job: FileJob) -> UploadResult | None:
+    """After a crash mid-upload: is the object already there, whole and identical?
+
+    Compares size, then the ETag S3 derives from MD5s (single PUT: the file's
+    MD5; multipart: MD5 of the parts' MD5s, dash, count). Objects whose ETag is
+    not an MD5 (SSE-KMS) do not match and are uploaded again, which is safe.
+    """
+    found = await head(ctx, job)
+    if found is None or found["ContentLength"] != job.size:
+        return None
+    etag = found["ETag"].strip('"')
+    ours = await asyncio.to_thread(local_etag, job, part_size=ctx.part_size,
+                                   multipart=job.size >= ctx.multipart_threshold)
+    if etag != ours:
+        return None
+    return UploadResult(etag=etag, size=job.size, reused=True)
+
+
+def local_etag(job: FileJob, *, multipart: bool, part_size: int) -> str:
+    fd = open_for_upload(job)
+    try:
+        if not multipart:
+            return hashlib.md5(read_range(fd, offset=0, length=job.size,
+                                          path=job.path)).hexdigest()
+        size = part_size_for(job.size, part_size)
+        digests = []
+        for number in range(1, part_count(job.size, size) + 1):
+            offset, length = part_range(number, file_size=job.size, part_size=size)
+            digests.append(hashlib.md5(read_range(fd, offset=offset, length=length,
+                                                  path=job.path)).digest())
+        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+    finally:
+        os.close(fd)

@@ -1,0 +1,87 @@
+"""The worker pool: N tasks taking files from a bounded queue.
+
+Shutdown is two-phase (see `stop`): idle workers stop at once, busy ones get
+until the deadline to finish their file, then they are cancelled, which parks
+multipart uploads for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Callable
+
+from uploader.pipeline import Outcome, Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    def __init__(self, *, pipeline: Pipeline, concurrency: int, queue_size: int = 1000,
+                 on_changed: Callable[[Path], None] | None = None) -> None:
+        self.pipeline = pipeline
+        self.concurrency = concurrency
+        self._queue: asyncio.Queue[tuple[Path, str]] = asyncio.Queue(maxsize=queue_size)
+        self._queued: set[Path] = set()
+        self._busy: dict[asyncio.Task[None], Path] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.on_changed = on_changed
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    async def submit(self, path: Path, relative: str) -> None:
+        """Queue a settled file (waits while the queue is full: back-pressure)."""
+        if path in self._queued or self._stopping:
+            return
+        self._queued.add(path)
+        await self._queue.put((path, relative))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"worker-{i}")
+                       for i in range(self.concurrency)]
+
+    async def join(self) -> None:
+        """Wait until every queued file has been processed (the one-shot's end)."""
+        await self._queue.join()
+
+    async def stop(self, *, grace_seconds: float) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            if task not in self._busy:
+                task.cancel()
+        busy = [task for task in self._tasks if task in self._busy]
+        if busy:
+            log.info("waiting up to %.0fs for %d upload(s) in flight", grace_seconds, len(busy))
+            _, pending = await asyncio.wait(busy, timeout=grace_seconds)
+            for task in pending:
+                log.warning("grace period over; parking %s", self._busy.get(task))
+                task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("worker failed: %r", result)
+
+    async def _work(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._stopping:
+            path, relative = await self._queue.get()
+            self._busy[task] = path
+            try:
+                outcome = await self.pipeline.process(path, relative)
+                if outcome is Outcome.CHANGED and self.on_changed:
+                    self.on_changed(path)
+            except Exception:
+                log.exception("unexpected error while uploading %s", path)
+            finally:
+                del self._busy[task]
+                self._queued.discard(path)
+                self._queue.task_done()
