@@ -26,6 +26,9 @@ import yaml
 __all__ = ["Daemon", "daemon_config", "daemon_factory", "run_cli", "wait_until", "UPLOADER"]
 
 UPLOADER = str(Path(sys.executable).with_name("uploader"))
+# Root reads any file; without these two capabilities it obeys file modes like anyone.
+ROOT_WITHOUT_READ_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                              "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0,
@@ -104,13 +107,15 @@ def daemon_factory(tmp_path: Path, s3_server: Any) -> Iterator[Callable[..., Dae
     daemons: list[Daemon] = []
 
     def start(config_path: Path, *, env: dict[str, str] | None = None,
-              user: int | None = None) -> Daemon:
+              honour_permissions: bool = False) -> Daemon:
         log_path = tmp_path / f"daemon-{len(daemons)}.log"
         full_env = {**os.environ, **s3_server.env(), **(env or {})}
         with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [UPLOADER, "run", "--config", str(config_path)], env=full_env,
-                stdout=log_file, stderr=subprocess.STDOUT, user=user)
+            command = [UPLOADER, "run", "--config", str(config_path)]
+            if honour_permissions and os.geteuid() == 0:
+                command = [*ROOT_WITHOUT_READ_OVERRIDE, *command]
+            process = subprocess.Popen(command, env=full_env, stdout=log_file,
+                                       stderr=subprocess.STDOUT)
         daemon = Daemon(process=process, log_path=log_path, config_path=config_path)
         daemons.append(daemon)
         return daemon

@@ -66,6 +66,7 @@ STOP_GRACE_S = 5.0
 START_ATTEMPTS = 3  # retries only cover lost port races
 LOG_TAIL_BYTES = 4000
 PR_SET_PDEATHSIG = 1
+GRPC_SOCKET_TEMPLATE = "/tmp/seaweedfs-{name}-grpc-{port}.sock"
 
 
 def _weed_binary() -> str:
@@ -183,6 +184,7 @@ class SeaweedS3:
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate_group(proc, STOP_GRACE_S)
+            self._remove_grpc_sockets()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -202,8 +204,12 @@ class SeaweedS3:
         self.cleanup()
 
     # --------------------------------------------------------------- clients
-    def boto3_client(self, **config_overrides: Any) -> Any:
-        """A sync boto3 S3 client with explicit creds (never env/profile)."""
+    def boto3_client(self, endpoint_url: str | None = None, **config_overrides: Any) -> Any:
+        """A sync boto3 S3 client with explicit creds (never env/profile).
+
+        ``endpoint_url`` lets tests talk to this server through a proxy;
+        ``config_overrides`` are extra botocore ``Config`` arguments.
+        """
         config = Config(
             s3={"addressing_style": "path"},
             retries={"max_attempts": 1},
@@ -216,7 +222,7 @@ class SeaweedS3:
             config = config.merge(Config(**config_overrides))
         return boto3.session.Session().client(
             "s3",
-            endpoint_url=self.endpoint_url,
+            endpoint_url=endpoint_url or self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
@@ -269,6 +275,8 @@ class SeaweedS3:
         sock_dir = self._socket_dir()
         return [
             _weed_binary(),
+            # glog otherwise litters /tmp with weed.* files; keep it in our log.
+            "-logtostderr",
             "mini",
             f"-dir={self.data_dir / 'data'}",
             f"-ip={HOST}",
@@ -298,6 +306,14 @@ class SeaweedS3:
         if self._short_sock_dir is None:
             self._short_sock_dir = Path(tempfile.mkdtemp(prefix="weed-sock-"))
         return self._short_sock_dir
+
+    def _remove_grpc_sockets(self) -> None:
+        # weed hardcodes /tmp/seaweedfs-<svc>-grpc-<port>.sock and never
+        # deletes them; harmless to it, but litter for everyone else.
+        for name, port in self.ports.items():
+            path = Path(GRPC_SOCKET_TEMPLATE.format(name=name, port=port + GRPC_PORT_OFFSET))
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _start_once(self) -> None:
         self.ports = dict(zip(PORT_NAMES, _pick_ports(len(PORT_NAMES))))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from uploader.bucket_check import BucketCheck
 from uploader.errors import (
     SourceChanged,
     SourceError,
@@ -46,10 +47,13 @@ class Totals:
 
     counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
     bytes_uploaded: int = 0
+    parts_sent: int = 0
 
-    def add(self, outcome: Outcome, nbytes: int = 0) -> None:
+    def add(self, outcome: Outcome, result: UploadResult | None = None) -> None:
         self.counts[outcome] += 1
-        self.bytes_uploaded += nbytes
+        if result is not None and outcome is Outcome.UPLOADED:
+            self.bytes_uploaded += result.size
+            self.parts_sent += result.parts_sent
 
 
 @dataclass
@@ -60,40 +64,42 @@ class AfterUpload:
 
 class Pipeline:
     def __init__(self, *, ctx: TransferContext, journal: Journal, prefix: str,
-                 after_upload: AfterUpload, follow_symlinks: bool = False,
+                 after_upload: AfterUpload, bucket_check: BucketCheck,
+                 follow_symlinks: bool = False,
                  key_for: Callable[[str], str] | None = None) -> None:
         self.ctx = ctx
         self.journal = journal
         self.prefix = prefix
         self.after_upload = after_upload
         self.follow_symlinks = follow_symlinks
+        self.bucket_check = bucket_check
         self.totals = Totals()
         self.started_at = time.time()
         self._key_for = key_for or (lambda rel: object_key(prefix=prefix, relative_path=rel))
 
     async def process(self, path: Path, relative: str) -> Outcome:
         """Upload `path` as `prefix` + `relative` (its path below the watched root)."""
-        outcome, nbytes = await self._process(path, relative)
-        self.totals.add(outcome, nbytes)
+        outcome, result = await self._process(path, relative)
+        self.totals.add(outcome, result)
         return outcome
 
-    async def _process(self, path: Path, relative: str) -> tuple[Outcome, int]:
+    async def _process(self, path: Path, relative: str) -> tuple[Outcome, UploadResult | None]:
         key = self._key_for(relative)
         try:
             signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
         except SourceVanished as exc:
             self._record_skip(path, key, reason=str(exc))
-            return Outcome.SKIPPED, 0
+            return Outcome.SKIPPED, None
         except SourceError as exc:
             self._record(path, key, size=0, mtime_ns=0, status=FAILED, error=str(exc))
             log.error("%s", exc, extra={"file": str(path), "key": key})
-            return Outcome.FAILED, 0
+            return Outcome.FAILED, None
         job = FileJob(path=path, relative=relative, key=key, signature=signature)
         previous = self.journal.lookup(str(path))
         if self._already_done(previous, job):
-            return Outcome.ALREADY_UPLOADED, 0
+            return Outcome.ALREADY_UPLOADED, None
         if self._failed_this_run(previous, job):
-            return Outcome.FAILED, 0
+            return Outcome.FAILED, None
         return await self._upload(job, previous)
 
     def _already_done(self, previous: FileRecord | None, job: FileJob) -> bool:
@@ -107,7 +113,8 @@ class Pipeline:
                 and previous.updated_at >= self.started_at and previous.size == job.size
                 and previous.mtime_ns == job.signature.mtime_ns)
 
-    async def _upload(self, job: FileJob, previous: FileRecord | None) -> tuple[Outcome, int]:
+    async def _upload(self, job: FileJob,
+                      previous: FileRecord | None) -> tuple[Outcome, UploadResult | None]:
         extra = {"file": str(job.path), "key": job.key}
         try:
             result = await self._transfer(job, crashed_before=_was_interrupted(previous, job))
@@ -116,24 +123,25 @@ class Pipeline:
         except SourceChanged as exc:
             log.info("%s", exc, extra=extra)
             self._record_job(job, PENDING, error=str(exc))
-            return Outcome.CHANGED, 0
+            return Outcome.CHANGED, None
         except SourceVanished as exc:
             self._record_skip(job.path, job.key, reason=str(exc))
-            return Outcome.SKIPPED, 0
+            return Outcome.SKIPPED, None
         except (TransferError, SourceError, VerificationError) as exc:
             log.error("upload failed: %s", exc,
                       extra={**extra, "error_code": getattr(exc, "code", None)})
             self._record_job(job, FAILED, error=str(exc))
-            return Outcome.FAILED, 0
+            return Outcome.FAILED, None
         self._record_job(job, UPLOADED, etag=result.etag)
         log.info("uploaded %s to s3://%s/%s (%d bytes)", job.path, self.ctx.bucket, job.key,
                  job.size, extra={**extra, "size": job.size})
         self._apply_after_upload(job)
         if result.reused:
-            return Outcome.ALREADY_UPLOADED, 0
-        return Outcome.UPLOADED, result.size
+            return Outcome.ALREADY_UPLOADED, None
+        return Outcome.UPLOADED, result
 
     async def _transfer(self, job: FileJob, *, crashed_before: bool) -> UploadResult:
+        await self.bucket_check.ensure_exists()
         if crashed_before and self.journal.find_upload(str(job.path)) is None:
             # A previous run may have finished the PUT but died before recording it.
             existing = await matching_object_exists(self.ctx, job)

@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+from uploader.bucket_check import BucketCheck
 from uploader.config import Config
 from uploader.journal import Journal
 from uploader.pipeline import AfterUpload, Pipeline
@@ -34,6 +35,8 @@ async def services(config: Config, *, journal: Journal) -> AsyncIterator[Service
         ctx = TransferContext.build(config=config, client=client, retry=retry, journal=journal)
         pipeline = Pipeline(ctx=ctx, journal=journal, prefix=config.s3.prefix,
                             after_upload=AfterUpload(config.after_upload, config.move_to),
+                            bucket_check=BucketCheck(client=client, bucket=config.s3.bucket,
+                                                     retry=retry),
                             follow_symlinks=config.source.follow_symlinks)
         pool = WorkerPool(pipeline=pipeline, concurrency=t.concurrency,
                           queue_size=max(64, 4 * t.concurrency))

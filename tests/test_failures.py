@@ -1,0 +1,85 @@
+"""Bad input at run time: the file is marked failed or skipped with the reason, the daemon
+keeps serving the other files, and no source file is ever lost."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from daemon_harness import daemon_config, daemon_factory, wait_until  # noqa: F401
+from test_daemon_e2e import keys_in, object_bytes
+
+
+def journal(state_dir: Path) -> dict[str, tuple[str, str | None]]:
+    path = state_dir / "journal.sqlite3"
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as db:
+        return {p: (s, e) for p, s, e in db.execute("SELECT path, status, error FROM files")}
+
+
+def status_of(state_dir: Path, path: Path) -> tuple[str, str | None] | None:
+    """The file's journal entry once it reached a final state (not pending/uploading)."""
+    entry = journal(state_dir).get(str(path))
+    return entry if entry and entry[0] in ("uploaded", "failed", "skipped") else None
+
+
+@pytest.mark.timeout(60)
+def test_missing_bucket_marks_files_failed_and_keeps_them(daemon_config, daemon_factory,
+                                                          tmp_path):
+    config = daemon_config(s3={"bucket": "no-such-bucket-here"}, after_upload="delete")
+    source = tmp_path / "outbox" / "report.csv"
+    source.write_text("a,b\n1,2\n")
+    daemon = daemon_factory(config)
+    state = wait_until(lambda: status_of(tmp_path / "state", source), what="a journal entry",
+                       timeout=30)
+    assert state[0] == "failed"
+    assert "NoSuchBucket" in state[1] and "no-such-bucket-here" in state[1]
+    assert "NoSuchBucket" in daemon.log()
+    assert source.read_text() == "a,b\n1,2\n"  # after_upload: delete never ran
+    # The daemon keeps serving: a file that arrives later is still examined.
+    later = tmp_path / "outbox" / "later.csv"
+    later.write_text("later")
+    wait_until(lambda: status_of(tmp_path / "state", later), what="the later file")
+    assert daemon.process.poll() is None
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(60)
+def test_wrong_credentials_fail_with_the_reason(daemon_config, daemon_factory, tmp_path,
+                                                s3_server, s3, bucket):
+    config = daemon_config()
+    source = tmp_path / "outbox" / "data.bin"
+    source.write_bytes(b"data")
+    daemon = daemon_factory(config, env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    state = wait_until(lambda: status_of(tmp_path / "state", source), what="a journal entry")
+    assert state[0] == "failed"
+    assert "SignatureDoesNotMatch" in state[1]
+    assert "not-the-secret" not in daemon.log()
+    assert daemon.terminate() == 0
+    assert keys_in(s3, bucket) == set()
+    assert source.read_bytes() == b"data"
+
+
+@pytest.mark.timeout(60)
+def test_unreadable_file_fails_while_others_upload(daemon_config, daemon_factory, tmp_path,
+                                                   s3, bucket):
+    config = daemon_config()
+    outbox, state_dir = tmp_path / "outbox", tmp_path / "state"
+    secret = outbox / "secret.txt"
+    secret.write_text("no entry")
+    secret.chmod(0o000)
+    fine = outbox / "fine.txt"
+    fine.write_text("fine")
+    daemon = daemon_factory(config, honour_permissions=True)
+    wait_until(lambda: object_bytes(s3, bucket, "incoming/fine.txt") == b"fine",
+               what="the readable file")
+    state = wait_until(lambda: status_of(state_dir, secret), what="the unreadable file's entry")
+    assert state[0] == "failed"
+    assert "Permission denied" in state[1] and "secret.txt" in state[1]
+    assert daemon.terminate() == 0
+    assert "incoming/secret.txt" not in keys_in(s3, bucket)
+    secret.chmod(0o600)
+    assert secret.read_text() == "no entry"

@@ -1,0 +1,49 @@
+"""Does the target bucket exist? Asked once, then again every `recheck_seconds`.
+
+AWS answers a PUT into a missing bucket with NoSuchBucket, but several
+S3-compatible servers silently create the bucket instead. Asking HeadBucket
+first makes both behave the same: no bucket, no upload, a clear reason. A 403
+(credentials allowed to PutObject but not to ListBucket) does not block
+uploads: the PUT itself then gives the real answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from uploader.errors import PermanentError
+from uploader.retry import RetryPolicy
+
+
+class BucketCheck:
+    def __init__(self, *, client: Any, bucket: str, retry: RetryPolicy,
+                 recheck_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.retry = retry
+        self.recheck_seconds = recheck_seconds
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._missing: PermanentError | None = None
+
+    async def ensure_exists(self) -> None:
+        """Raise PermanentError(NoSuchBucket) if the bucket is known not to exist."""
+        now = self._clock()
+        if self._checked_at is None or now - self._checked_at >= self.recheck_seconds:
+            self._missing = await self._ask()
+            self._checked_at = now
+        if self._missing is not None:
+            raise self._missing
+
+    async def _ask(self) -> PermanentError | None:
+        try:
+            await self.retry.call(lambda: self.client.head_bucket(Bucket=self.bucket),
+                                  what=f"HeadBucket s3://{self.bucket}")
+        except PermanentError as exc:
+            if exc.status == 404:
+                return PermanentError(
+                    f"s3://{self.bucket}: NoSuchBucket: the bucket does not exist; create it "
+                    "or fix s3.bucket (and s3.region)", code="NoSuchBucket", status=404)
+        return None
