@@ -212,7 +212,8 @@ class SeaweedS3:
         """
         config = Config(
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 1},
+            # "max_attempts" counts *retries* (1 => 2 tries); we want exactly one.
+            retries={"mode": "standard", "total_max_attempts": 1},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             connect_timeout=5,
@@ -237,15 +238,17 @@ class SeaweedS3:
             client.close()
         return name
 
-    def env(self) -> dict[str, str]:
-        """AWS_* variables pointing at this server (for subprocesses)."""
+    def env(self, endpoint_url: str | None = None) -> dict[str, str]:
+        """AWS_* variables pointing at this server (for subprocesses);
+        ``endpoint_url`` overrides the endpoint, e.g. with a fault proxy."""
+        endpoint = endpoint_url or self.endpoint_url
         return {
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_S3": endpoint,
         }
 
     def log_tail(self, nbytes: int = LOG_TAIL_BYTES) -> str:

@@ -58,7 +58,7 @@ def test_wrong_secret_is_rejected(s3_server: SeaweedS3, bucket: str) -> None:
         aws_access_key_id=s3_server.access_key,
         aws_secret_access_key=s3_server.secret_key + "x",
         region_name=s3_server.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
     )
     try:
         with pytest.raises(botocore.exceptions.ClientError) as info:
@@ -75,15 +75,44 @@ def test_bad_content_md5_is_bad_digest(s3: Any, bucket: str) -> None:
     assert _error_code(info.value) == ("BadDigest", 400)
 
 
-def test_put_checksum_crc32_validated_and_returned(s3: Any, bucket: str) -> None:
-    data = b"payload" * 1000
-    resp = s3.put_object(Bucket=bucket, Key="k", Body=data, ChecksumCRC32=_crc32_b64(data))
-    assert resp["ChecksumCRC32"] == _crc32_b64(data)
+def _crc32c(data: bytes) -> int:
+    """Bitwise CRC32C (Castagnoli); slow but dependency-free, fine for tests."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+CHECKSUMS: dict[str, Callable[[bytes], str]] = {
+    "CRC32": _crc32_b64,
+    "CRC32C": lambda data: _b64(struct.pack(">I", _crc32c(data))),
+    "SHA256": lambda data: _b64(hashlib.sha256(data).digest()),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(CHECKSUMS))
+def test_put_checksum_validated_and_returned(s3: Any, bucket: str, algorithm: str) -> None:
+    data, arg = b"payload" * 100, f"Checksum{algorithm}"
+    checksum = CHECKSUMS[algorithm](data)
+    assert s3.put_object(Bucket=bucket, Key="k", Body=data, **{arg: checksum})[arg] == checksum
     head = s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
-    assert head["ChecksumCRC32"] == _crc32_b64(data)
+    assert head[arg] == checksum
     with pytest.raises(botocore.exceptions.ClientError) as info:
-        s3.put_object(Bucket=bucket, Key="k2", Body=data, ChecksumCRC32=_crc32_b64(b"x"))
+        s3.put_object(Bucket=bucket, Key="k2", Body=data, **{arg: CHECKSUMS[algorithm](b"x")})
     assert _error_code(info.value) == ("BadDigest", 400)
+
+
+def test_upload_part_checksum_validated(s3: Any, bucket: str) -> None:
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="pc", ChecksumAlgorithm="CRC32")["UploadId"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.upload_part(
+            Bucket=bucket, Key="pc", UploadId=upload_id, PartNumber=1,
+            Body=b"data", ChecksumCRC32=_crc32_b64(b"other"),
+        )
+    assert _error_code(info.value) == ("BadDigest", 400)
+    s3.abort_multipart_upload(Bucket=bucket, Key="pc", UploadId=upload_id)
 
 
 def _upload_parts(s3: Any, bucket: str, key: str, upload_id: str, parts: list[bytes]) -> list[dict[str, Any]]:

@@ -1,0 +1,162 @@
+"""A circuit breaker per endpoint: stop hammering an endpoint that is down.
+
+When an endpoint fails over and over (connection refused, resets, a run of
+5xx), every further attempt only burns retry budget and time. The breaker
+*opens*: callers then wait in `wait_until_allowed` (they queue; nothing is
+failed or lost) until `open_seconds` have passed. It then goes *half-open* and
+lets exactly one probe request through; success closes it and releases every
+waiter at once, failure reopens it for longer (`backoff`, up to
+`max_open_seconds`), so a long outage costs a probe every minute rather than
+a storm of retries.
+
+Throttling (503 SlowDown, 429) is not an endpoint failure: the rate limiter
+handles it, and the caller should record neither success nor failure here.
+Results that arrive while the breaker is open came from requests sent before
+it opened and are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import Callable
+
+from uploader.clock import Clock
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+#: Called as on_change(endpoint, old_state, new_state) on every transition.
+StateListener = Callable[[str, BreakerState, BreakerState], None]
+
+
+class CircuitBreaker:
+    """One endpoint's breaker. Single event loop; not thread-safe."""
+
+    def __init__(self, *, endpoint: str, clock: Clock, failure_threshold: int = 5,
+                 open_seconds: float = 5.0, backoff: float = 2.0,
+                 max_open_seconds: float = 60.0, probe_timeout_seconds: float = 60.0,
+                 on_change: StateListener | None = None) -> None:
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
+        if not 0 < open_seconds <= max_open_seconds:
+            raise ValueError("need 0 < open_seconds <= max_open_seconds, got "
+                             f"{open_seconds} and {max_open_seconds}")
+        if backoff < 1:
+            raise ValueError(f"backoff must be >= 1, got {backoff}")
+        if probe_timeout_seconds <= 0:
+            raise ValueError(f"probe_timeout_seconds must be > 0, got {probe_timeout_seconds}")
+        self.endpoint = endpoint
+        self._clock = clock
+        self._failure_threshold = failure_threshold
+        self._base_open_seconds = open_seconds
+        self._backoff = backoff
+        self._max_open_seconds = max_open_seconds
+        self._probe_timeout = probe_timeout_seconds
+        self._on_change = on_change
+        self._state = BreakerState.CLOSED
+        self._failures = 0  # consecutive, while closed
+        self._open_seconds = open_seconds  # the current (growing) open period
+        self._open_until = 0.0
+        self._probe_deadline: float | None = None  # a probe is out until then
+        self._changed = asyncio.Event()
+        self.opened = 0  # how many times it opened, for metrics
+
+    # ------------------------------------------------------------- state
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an expired open period reads as half-open)."""
+        if self._state is BreakerState.OPEN and self._clock.monotonic() >= self._open_until:
+            self._set_state(BreakerState.HALF_OPEN)
+        return self._state
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next state change (a fresh event after each one)."""
+        return self._changed
+
+    def _set_state(self, new: BreakerState) -> None:
+        old, self._state = self._state, new
+        if old is new:
+            return
+        if new is not BreakerState.HALF_OPEN:
+            self._probe_deadline = None
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self._on_change is not None:
+            self._on_change(self.endpoint, old, new)
+
+    # ---------------------------------------------------------- gatekeeping
+    def allow(self) -> bool:
+        """May a request be sent now? Never waits.
+
+        In half-open, True hands out *the* probe: the caller must send it and
+        report the result, or no other request passes until the probe times out.
+        """
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.OPEN:
+            return False
+        now = self._clock.monotonic()
+        if self._probe_deadline is not None and now < self._probe_deadline:
+            return False  # the probe is still out
+        self._probe_deadline = now + self._probe_timeout
+        return True
+
+    async def wait_until_allowed(self) -> None:
+        """Wait (queued, not failed) until `allow()` says yes."""
+        while not self.allow():
+            await self._wait_for_change(self._seconds_until_retry())
+
+    def _seconds_until_retry(self) -> float:
+        now = self._clock.monotonic()
+        if self._state is BreakerState.OPEN:
+            return max(0.0, self._open_until - now)
+        assert self._probe_deadline is not None  # half-open with the probe out
+        return max(0.0, self._probe_deadline - now)
+
+    async def _wait_for_change(self, timeout: float) -> None:
+        """Until the state changes or `timeout` passes on the clock, whichever is first."""
+        changed = asyncio.ensure_future(self._changed.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (changed, timer):
+                task.cancel()
+            # Collect both, so neither is left pending nor its exception unread.
+            await asyncio.gather(changed, timer, return_exceptions=True)
+
+    # -------------------------------------------------------------- results
+    def record_success(self) -> None:
+        """A request to the endpoint got an answer (even an error answer like 404)."""
+        self._failures = 0
+        if self.state is BreakerState.HALF_OPEN:
+            self._open_seconds = self._base_open_seconds
+            self._set_state(BreakerState.CLOSED)
+        # While open, a success came from a request sent before it opened: it
+        # says nothing about now, and the breaker stays open.
+
+    def record_failure(self) -> None:
+        """A connection failure, timeout or 5xx (not a throttle) from the endpoint."""
+        state = self.state
+        if state is BreakerState.OPEN:
+            return  # sent before it opened; already counted
+        if state is BreakerState.HALF_OPEN:
+            self._open_seconds = min(self._max_open_seconds, self._open_seconds * self._backoff)
+            self._open()
+            return
+        self._failures += 1
+        if self._failures >= self._failure_threshold:
+            self._open()
+
+    def _open(self) -> None:
+        self._failures = 0
+        self._open_until = self._clock.monotonic() + self._open_seconds
+        self.opened += 1
+        self._set_state(BreakerState.OPEN)
