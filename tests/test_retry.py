@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from uploader.errors import ConnectionFailure, PermanentError, ThrottleError, TransientError
+from uploader.breaker import BreakerState, CircuitBreaker
+from uploader.clock import FakeClock
+from uploader.limiter import RateLimiter
 from uploader.retry import RetryPolicy
+from uploader.retry_budget import RetryBudget
 from uploader.s3errors import translate
 
 
@@ -59,11 +65,11 @@ class Script:
 
 
 def policy(sleeps: list[float], **kwargs) -> RetryPolicy:
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
+    """A policy on a fake clock whose sleeps land in `sleeps` (and take no real time)."""
+    clock = kwargs.pop("clock", None) or FakeClock(autoadvance=True)
+    clock.sleeps = sleeps
     defaults = {"max_attempts": 5, "base_seconds": 0.1, "cap_seconds": 1.0}
-    return RetryPolicy(**{**defaults, **kwargs}, sleep=sleep, rng=lambda: 1.0)
+    return RetryPolicy(**{**defaults, **kwargs}, clock=clock, rng=lambda: 1.0)
 
 
 async def test_transient_errors_are_retried_with_growing_capped_backoff():
@@ -97,3 +103,60 @@ async def test_retry_after_is_honoured_but_capped():
                        client_error("SlowDown", 503, {"Retry-After": "60"}))
     await policy(sleeps).call(operation, what="PUT")
     assert sleeps == pytest.approx([0.7, 1.0])
+
+
+# ------------------------------------------------- the policy's collaborators
+async def test_throttles_cut_the_partition_rate_and_successes_do_not():
+    clock = FakeClock(autoadvance=True)
+    limiter = RateLimiter(clock=clock)
+    retry = policy([], clock=clock, limiter=limiter)
+    await retry.call(Script(client_error("SlowDown", 503)), what="PUT", partition="b/hot")
+    await retry.call(Script(client_error("InternalError", 500)), what="PUT", partition="b/cool")
+    assert limiter.current_rate("b/hot") is not None  # throttled: now paced
+    assert limiter.current_rate("b/cool") is None  # a 500 is not throttling
+    assert limiter.snapshot()["b/hot"].throttles == 1
+    assert retry.throttles == 1 and retry.retries == 2
+    assert retry.retries_by_code == {"SlowDown": 1, "InternalError": 1}
+
+
+async def test_an_empty_retry_budget_stops_retries_and_successes_refill_it():
+    budget = RetryBudget(capacity=10, retry_cost=5, success_reward=1)
+    retry = policy([], budget=budget, max_attempts=10)
+    operation = Script(*[client_error("InternalError", 500)] * 5)
+    with pytest.raises(TransientError):
+        await retry.call(operation, what="PUT")
+    assert operation.calls == 3  # two retries paid for, the third refused
+    assert budget.available == 0 and budget.refused == 1
+    await retry.call(Script(), what="PUT")
+    assert budget.available == 1
+
+
+async def test_a_successful_retry_gives_its_cost_back():
+    budget = RetryBudget(capacity=100, retry_cost=5, timeout_retry_cost=10)
+    retry = policy([], budget=budget)
+    await retry.call(Script(ConnectionResetError()), what="PUT")
+    assert budget.available == 100
+
+
+async def test_connection_failures_open_the_breaker_and_callers_wait_queued():
+    clock = FakeClock()
+    breaker = CircuitBreaker(endpoint="s3", clock=clock, failure_threshold=2, open_seconds=5)
+    retry = RetryPolicy(max_attempts=10, base_seconds=0.01, cap_seconds=0.01, clock=clock,
+                        breaker=breaker, rng=lambda: 0.0)
+    down = Script(*[ConnectionResetError()] * 3)
+    first = asyncio.ensure_future(retry.call(down, what="PUT"))
+    await clock.settle()
+    await clock.advance(0.0)
+    assert breaker.state is BreakerState.OPEN
+    calls_when_opened = down.calls
+    assert calls_when_opened == 2
+    later = Script()
+    second = asyncio.ensure_future(retry.call(later, what="PUT"))
+    await clock.advance(4.9)
+    assert later.calls == 0 and down.calls == calls_when_opened  # nothing sent while open
+    await clock.advance(0.2)  # half-open: one probe (fails: reopens for 10 s)
+    assert down.calls + later.calls == calls_when_opened + 1
+    assert breaker.state is BreakerState.OPEN
+    await clock.advance(10.1)  # the next probe succeeds; everyone else goes
+    assert await first == "done" and await second == "done"
+    assert breaker.state is BreakerState.CLOSED

@@ -10,7 +10,8 @@ waiter at once, failure reopens it for longer (`backoff`, up to
 a storm of retries.
 
 Throttling (503 SlowDown, 429) is not an endpoint failure: the rate limiter
-handles it, and the caller should record neither success nor failure here.
+handles it. The retry layer records it as a success here, because a throttle
+proves the endpoint is up and answering.
 Results that arrive while the breaker is open came from requests sent before
 it opened and are ignored.
 """

@@ -126,15 +126,65 @@ class TransferConfig(Section):
         "md5", description="Integrity check sent with every PUT and part so the server rejects "
         "corrupted bytes. `md5` (Content-MD5) works on AWS and every S3-compatible server; "
         "`crc32`/`crc32c`/`sha256` use the newer `x-amz-checksum-*` headers.")
-    max_attempts: int = Field(
-        8, ge=1, description="Attempts per request (a PUT or one part) before the file fails.")
-    backoff_base_seconds: float = Field(
-        0.1, gt=0, description="First retry waits up to this long (full jitter), doubling.")
-    backoff_max_seconds: float = Field(
-        20.0, gt=0, description="Cap on a single retry's wait.")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="TCP connect timeout.")
     read_timeout_seconds: float = Field(
         60.0, gt=0, description="Time allowed without progress on a response.")
+
+
+class KeysConfig(Section):
+    spread: Literal["none", "hash"] = Field(
+        "none", description="`hash` puts a leading segment derived from the relative path "
+        "before the key (`prefix` + `<hh>/` + path), so a burst of writes spreads over "
+        "`partitions` S3 prefixes from the first second; the original path is stored in the "
+        "object's metadata (`x-amz-meta-source-path`). `none`: the key is `prefix` + path.")
+    partitions: int = Field(
+        16, ge=1, le=4096, description="With `spread: hash`: how many leading segments. "
+        "Segment = the first 4 hex digits of SHA-256(relative path) as a number, modulo "
+        "`partitions`, written as lower-case hex padded to the width of `partitions - 1`.")
+
+
+class RetryConfig(Section):
+    max_attempts: int = Field(
+        8, ge=1, description="Attempts per request (a PUT or one part); after the last, the "
+        "file is retried later (transient errors) or marked failed (permanent ones).")
+    backoff_base_seconds: float = Field(
+        0.1, gt=0, description="First retry waits up to this long (full jitter), doubling.")
+    backoff_max_seconds: float = Field(
+        20.0, gt=0, description="Cap on a single retry's wait (and on a server's Retry-After).")
+    budget_capacity: int = Field(
+        500, ge=0, description="Retry budget shared by all requests (as the AWS SDKs' standard "
+        "mode): each retry takes tokens, each success gives one back; when empty, requests "
+        "are not retried and their files wait for `retry_later_seconds`.")
+    budget_retry_cost: int = Field(5, ge=0, description="Tokens a retry after an error costs.")
+    budget_timeout_cost: int = Field(
+        10, ge=0, description="Tokens a retry after a timeout or connection failure costs.")
+    retry_later_seconds: float = Field(
+        30.0, gt=0, description="A file whose upload failed with a transient error (retries "
+        "exhausted) is put back in line after this long; it is not marked failed.")
+
+
+class BreakerConfig(Section):
+    failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures (connection errors, timeouts, 5xx other "
+        "than throttling) that open the circuit breaker: requests then wait, queued, instead "
+        "of being sent.")
+    open_seconds: float = Field(
+        5.0, gt=0, description="How long the breaker stays open before one probe request is "
+        "let through; success closes it, failure reopens it for twice as long.")
+    max_open_seconds: float = Field(
+        60.0, gt=0, description="Longest open period while an outage lasts.")
+
+
+class RateLimitConfig(Section):
+    adaptive: bool = Field(
+        True, description="Slow down per S3 prefix on throttling (503 SlowDown, 429) and "
+        "grow back smoothly; `false` sends as fast as concurrency allows.")
+    max_requests_per_second: float | None = Field(
+        None, gt=0, description="Fixed ceiling on requests/s to each prefix partition; `null` = "
+        "none.")
+    max_bytes_per_second: Size | None = Field(
+        None, gt=0, description="Fixed ceiling on upload bytes/s over all requests, e.g. "
+        "`50MiB`; `null` = none.")
 
 
 class LoggingConfig(Section):
@@ -149,6 +199,12 @@ class Config(Section):
     s3: S3Config = Field(description="Where to upload it.")
     transfer: TransferConfig = Field(
         default_factory=TransferConfig, description="How to upload it.")
+    keys: KeysConfig = Field(default_factory=KeysConfig, description="How keys are named.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries.")
+    breaker: BreakerConfig = Field(
+        default_factory=BreakerConfig, description="The circuit breaker per endpoint.")
+    rate_limit: RateLimitConfig = Field(
+        default_factory=RateLimitConfig, description="The request-rate limiter.")
     state_dir: Path = Field(
         Path("/var/lib/uploader"),
         description="Holds the journal (`journal.sqlite3`), which records every file's state.")

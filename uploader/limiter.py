@@ -424,13 +424,14 @@ class RateLimiter:
     """
 
     def __init__(self, *, clock: Clock, policy: RatePolicy | None = None,
-                 max_partitions: int = 4096,
+                 adaptive: bool = True, max_partitions: int = 4096,
                  max_requests_per_second: float | None = None,
                  max_bytes_per_second: float | None = None) -> None:
         if max_partitions < 1:
             raise ValueError(f"max_partitions must be >= 1, got {max_partitions}")
         self._clock = clock
         self._policy = policy or RatePolicy()
+        self.adaptive = adaptive  # False: throttles are counted, never cut the rate
         self._max_partitions = max_partitions
         self._buckets: OrderedDict[str, PrefixBucket] = OrderedDict()
         self._bytes = _TokenBucket(burst_seconds=self._policy.bytes_burst_seconds)
@@ -492,7 +493,11 @@ class RateLimiter:
         if the last cut is older than `RatePolicy.unknown_send_time_grace`.
         Returns True if the rate was cut.
         """
-        return self._bucket(partition).throttle(self._clock.monotonic(), sent_at=sent_at)
+        bucket = self._bucket(partition)
+        if not self.adaptive:
+            bucket.throttles += 1
+            return False
+        return bucket.throttle(self._clock.monotonic(), sent_at=sent_at)
 
     # ------------------------------------------------------------ control
     def set_ceilings(self, *, max_requests_per_second: float | None,

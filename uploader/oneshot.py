@@ -12,7 +12,8 @@ from uploader.filters import FileFilter
 from uploader.journal import Journal
 from uploader.pipeline import Outcome, Totals
 from uploader.sources.walk import TreeWalker
-from uploader.wiring import services
+from uploader.transfer.multipart import abort_upload
+from uploader.wiring import Services, services
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,13 @@ class S3Url:
 class Summary:
     totals: Totals
     retries: int
+    throttles: int
     seconds: float
 
     @property
     def failed(self) -> int:
-        return self.totals.counts[Outcome.FAILED]
+        """Failed for good, or still failing transiently when the run ended."""
+        return self.totals.counts[Outcome.FAILED] + self.totals.counts[Outcome.DEFERRED]
 
     def line(self) -> str:
         c = self.totals.counts
@@ -44,8 +47,8 @@ class Summary:
         rate = mib / self.seconds if self.seconds > 0 else 0.0
         return (f"uploaded {c[Outcome.UPLOADED]} files ({mib:.1f} MiB, {rate:.1f} MiB/s) in "
                 f"{self.seconds:.1f}s; {c[Outcome.ALREADY_UPLOADED]} already there, "
-                f"{c[Outcome.FAILED]} failed, {c[Outcome.SKIPPED] + c[Outcome.CHANGED]} "
-                f"skipped; {self.retries} retries")
+                f"{self.failed} failed, {c[Outcome.SKIPPED] + c[Outcome.CHANGED]} "
+                f"skipped; {self.retries} retries, {self.throttles} throttled")
 
 
 async def run_oneshot(config: Config, paths: list[Path]) -> Summary:
@@ -61,7 +64,8 @@ async def run_oneshot(config: Config, paths: list[Path]) -> Summary:
                 await _submit_tree(path, config=config, submit=svc.pool.submit)
             await svc.pool.join()
             await svc.pool.stop(grace_seconds=0)
-            return Summary(totals=svc.pipeline.totals, retries=svc.retry.retries,
+            await _abort_parked(svc)
+            return Summary(totals=svc.pipeline.totals, retries=svc.retry.retries, throttles=svc.retry.throttles,
                            seconds=time.monotonic() - started)
     finally:
         journal.close()
@@ -76,3 +80,9 @@ async def _submit_tree(path: Path, *, config: Config, submit) -> None:  # noqa: 
                         follow_symlinks=config.source.follow_symlinks)
     for file_path, _ in walker.files():
         await submit(file_path, walker.relative(file_path))
+
+
+async def _abort_parked(svc: Services) -> None:
+    """A one-shot run keeps no journal, so uploads parked by transient failures are aborted."""
+    for upload in svc.journal.uploads():
+        await abort_upload(svc.pipeline.ctx, upload, reason="the one-shot run is over")

@@ -12,18 +12,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
 from uploader.bucket_check import BucketCheck
 from uploader.errors import (
     SourceChanged,
     SourceError,
     SourceVanished,
     TransferError,
+    TransientError,
     VerificationError,
 )
 from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
-from uploader.keys import object_key
+from uploader.keys import KeyNamer
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, stat_signature
 from uploader.transfer.multipart import upload_multipart
@@ -38,6 +37,7 @@ class Outcome(enum.Enum):
     ALREADY_UPLOADED = "already uploaded"
     CHANGED = "changed"
     SKIPPED = "skipped"
+    DEFERRED = "deferred"  # a transient failure outlasted the retries; try again later
     FAILED = "failed"
 
 
@@ -63,28 +63,26 @@ class AfterUpload:
 
 
 class Pipeline:
-    def __init__(self, *, ctx: TransferContext, journal: Journal, prefix: str,
+    def __init__(self, *, ctx: TransferContext, journal: Journal, keys: KeyNamer,
                  after_upload: AfterUpload, bucket_check: BucketCheck,
-                 follow_symlinks: bool = False,
-                 key_for: Callable[[str], str] | None = None) -> None:
+                 follow_symlinks: bool = False) -> None:
         self.ctx = ctx
         self.journal = journal
-        self.prefix = prefix
+        self.keys = keys
         self.after_upload = after_upload
         self.follow_symlinks = follow_symlinks
         self.bucket_check = bucket_check
         self.totals = Totals()
         self.started_at = time.time()
-        self._key_for = key_for or (lambda rel: object_key(prefix=prefix, relative_path=rel))
 
     async def process(self, path: Path, relative: str) -> Outcome:
-        """Upload `path` as `prefix` + `relative` (its path below the watched root)."""
+        """Upload `path` under the key named for `relative` (its path below the watched root)."""
         outcome, result = await self._process(path, relative)
         self.totals.add(outcome, result)
         return outcome
 
     async def _process(self, path: Path, relative: str) -> tuple[Outcome, UploadResult | None]:
-        key = self._key_for(relative)
+        key = self.keys.key(relative)
         try:
             signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
         except SourceVanished as exc:
@@ -94,7 +92,8 @@ class Pipeline:
             self._record(path, key, size=0, mtime_ns=0, status=FAILED, error=str(exc))
             log.error("%s", exc, extra={"file": str(path), "key": key})
             return Outcome.FAILED, None
-        job = FileJob(path=path, relative=relative, key=key, signature=signature)
+        job = FileJob(path=path, relative=relative, key=key, signature=signature,
+                      metadata=self.keys.metadata(relative))
         previous = self.journal.lookup(str(path))
         if self._already_done(previous, job):
             return Outcome.ALREADY_UPLOADED, None
@@ -127,6 +126,13 @@ class Pipeline:
         except SourceVanished as exc:
             self._record_skip(job.path, job.key, reason=str(exc))
             return Outcome.SKIPPED, None
+        except TransientError as exc:
+            # Throttling, an outage, a flaky network: nothing is wrong with the
+            # file. It stays pending and goes back in line later.
+            log.warning("upload deferred: %s", exc,
+                        extra={**extra, "error_code": exc.code})
+            self._record_job(job, PENDING, error=str(exc))
+            return Outcome.DEFERRED, None
         except (TransferError, SourceError, VerificationError) as exc:
             log.error("upload failed: %s", exc,
                       extra={**extra, "error_code": getattr(exc, "code", None)})

@@ -1,21 +1,40 @@
-"""The one retry layer: classification, exponential backoff with full jitter.
+"""The one retry layer: classification, backoff, rate limit, budget and breaker.
 
 Every S3 request (a PUT, one part, a complete) goes through `RetryPolicy.call`.
 Errors are first translated at the boundary (`uploader.s3errors`); only
 `TransientError`s (which include throttling and connection failures) are
 retried. botocore's own retries are switched off in `uploader.s3client`.
+
+Each attempt, in order:
+
+1. waits while the endpoint's circuit breaker is open (queued, not failed);
+2. takes a permit from the shared per-partition rate limiter;
+3. sends, and reports the answer: a throttle cuts the partition's rate; any
+   other answer counts as a success for the limiter and the breaker; a
+   connection failure or a non-throttle 5xx counts against the breaker.
+
+Before a retry, the shared retry budget must pay for it (as the AWS SDKs'
+standard mode); if it cannot, the error is raised instead, and the caller
+keeps the file for later (`Outcome.DEFERRED`), so a fleet of tasks cannot
+turn an outage into a retry storm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
+from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from uploader.errors import TransferError, TransientError
+from uploader.breaker import CircuitBreaker
+from uploader.clock import Clock, SystemClock
+from uploader.errors import ConnectionFailure, ThrottleError, TransferError, TransientError
+from uploader.limiter import Permit, RateLimiter
+from uploader.retry_budget import RetryBudget
 from uploader.s3errors import translate
 
 T = TypeVar("T")
@@ -27,16 +46,118 @@ def backoff_delay(*, attempt: int, base: float, cap: float, uniform: float) -> f
     return uniform * min(cap, base * 2 ** (attempt - 1))
 
 
+@dataclass
+class _Call:
+    """One logical request across its attempts."""
+
+    what: str
+    partition: str | None
+    nbytes: int
+    retry_cost: int | None = None  # what the budget charged for the latest retry
+
+
 class RetryPolicy:
+    """Shared by every request; holds the limiter, the budget and the breaker (all optional)."""
+
     def __init__(self, *, max_attempts: int, base_seconds: float, cap_seconds: float,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Clock | None = None, limiter: RateLimiter | None = None,
+                 budget: RetryBudget | None = None, breaker: CircuitBreaker | None = None,
                  rng: Callable[[], float] = random.random) -> None:
         self.max_attempts = max_attempts
         self.base_seconds = base_seconds
         self.cap_seconds = cap_seconds
-        self._sleep = sleep
+        self.clock = clock or SystemClock()
+        self.limiter = limiter
+        self.budget = budget
+        self.breaker = breaker
         self._rng = rng
         self.retries = 0
+        self.throttles = 0
+        self.retries_by_code: collections.Counter[str] = collections.Counter()
+
+    async def call(self, operation: Callable[[], Awaitable[T]], *, what: str,
+                   partition: str | None = None, nbytes: int = 0) -> T:
+        """Run `operation`, retrying transient failures; raise a TransferError otherwise.
+
+        `partition` (see `uploader.limiter.partition_for`) selects the rate
+        limiter's bucket; None sends unlimited (reads and control requests).
+        """
+        call = _Call(what=what, partition=partition, nbytes=nbytes)
+        retrying = AsyncRetrying(
+            stop=lambda state: self._stop(state, call),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientError),
+            sleep=self.clock.sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(operation, call)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    # ------------------------------------------------------------ one attempt
+    async def _attempt(self, operation: Callable[[], Awaitable[T]], call: _Call) -> T:
+        if self.breaker is not None:
+            await self.breaker.wait_until_allowed()
+        permit = await self._permit(call)
+        try:
+            result = await _translated(operation, what=call.what)
+        except ThrottleError:
+            self.throttles += 1
+            if permit is not None:
+                self.limiter.on_throttle(permit.partition, sent_at=permit.sent_at)  # type: ignore[union-attr]
+            self._endpoint_answered()  # the server is up, just busy
+            raise
+        except ConnectionFailure:
+            self._endpoint_failed()  # no answer: the limiter learns nothing
+            raise
+        except TransientError:
+            self._answered(permit)
+            self._endpoint_failed()
+            raise
+        except TransferError:
+            self._answered(permit)  # a permanent error is still an answer
+            self._endpoint_answered()
+            raise
+        self._answered(permit)
+        self._endpoint_answered()
+        if self.budget is not None:
+            self.budget.on_success(retry_cost=call.retry_cost)
+        return result
+
+    async def _permit(self, call: _Call) -> Permit | None:
+        if self.limiter is None or call.partition is None:
+            return None
+        return await self.limiter.acquire(call.partition, nbytes=call.nbytes)
+
+    def _answered(self, permit: Permit | None) -> None:
+        if permit is not None and self.limiter is not None:
+            self.limiter.on_success(permit.partition)
+
+    def _endpoint_answered(self) -> None:
+        if self.breaker is not None:
+            self.breaker.record_success()
+
+    def _endpoint_failed(self) -> None:
+        if self.breaker is not None:
+            self.breaker.record_failure()
+
+    # ------------------------------------------------------- between attempts
+    def _stop(self, state: RetryCallState, call: _Call) -> bool:
+        """Stop when attempts are used up or the retry budget refuses to pay."""
+        if state.attempt_number >= self.max_attempts:
+            return True
+        if self.budget is None:
+            return False
+        exc = state.outcome.exception() if state.outcome else None
+        cost = self.budget.try_acquire(timeout=isinstance(exc, ConnectionFailure))
+        if cost is None:
+            log.warning("retry budget exhausted; not retrying %s now", call.what,
+                        extra={"error_code": getattr(exc, "code", None)})
+            return True
+        call.retry_cost = cost
+        return False
 
     def _wait(self, state: RetryCallState) -> float:
         delay = backoff_delay(attempt=state.attempt_number, base=self.base_seconds,
@@ -51,24 +172,10 @@ class RetryPolicy:
     def _before_sleep(self, state: RetryCallState) -> None:
         self.retries += 1
         exc = state.outcome.exception() if state.outcome else None
+        code = getattr(exc, "code", None) or type(exc).__name__
+        self.retries_by_code[code] += 1
         log.info("retrying after %s (attempt %d of %d)", exc, state.attempt_number,
-                 self.max_attempts, extra={"attempt": state.attempt_number,
-                                           "error_code": getattr(exc, "code", None)})
-
-    async def call(self, operation: Callable[[], Awaitable[T]], *, what: str) -> T:
-        """Run `operation`, retrying transient failures; raise a TransferError otherwise."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(TransientError),
-            sleep=self._sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await _translated(operation, what=what)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+                 self.max_attempts, extra={"attempt": state.attempt_number, "error_code": code})
 
 
 async def _translated(operation: Callable[[], Awaitable[T]], *, what: str) -> T:

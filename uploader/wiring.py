@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+from uploader.breaker import BreakerState, CircuitBreaker
 from uploader.bucket_check import BucketCheck
+from uploader.clock import SystemClock
 from uploader.config import Config
 from uploader.journal import Journal
+from uploader.keys import KeyNamer
+from uploader.limiter import RateLimiter
 from uploader.pipeline import AfterUpload, Pipeline
 from uploader.retry import RetryPolicy
+from uploader.retry_budget import RetryBudget
 from uploader.s3client import open_s3_client
 from uploader.transfer.context import TransferContext
 from uploader.workers import WorkerPool
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,14 +38,43 @@ async def services(config: Config, *, journal: Journal) -> AsyncIterator[Service
     """Client, retry policy, transfer context, pipeline and worker pool, closed in reverse."""
     t = config.transfer
     async with open_s3_client(config) as client:
-        retry = RetryPolicy(max_attempts=t.max_attempts, base_seconds=t.backoff_base_seconds,
-                            cap_seconds=t.backoff_max_seconds)
+        retry = build_retry_policy(config)
         ctx = TransferContext.build(config=config, client=client, retry=retry, journal=journal)
-        pipeline = Pipeline(ctx=ctx, journal=journal, prefix=config.s3.prefix,
+        pipeline = Pipeline(ctx=ctx, journal=journal, keys=key_namer(config),
                             after_upload=AfterUpload(config.after_upload, config.move_to),
                             bucket_check=BucketCheck(client=client, bucket=config.s3.bucket,
                                                      retry=retry),
                             follow_symlinks=config.source.follow_symlinks)
         pool = WorkerPool(pipeline=pipeline, concurrency=t.concurrency,
-                          queue_size=max(64, 4 * t.concurrency))
+                          queue_size=max(64, 4 * t.concurrency),
+                          retry_later_seconds=config.retry.retry_later_seconds)
         yield Services(config=config, journal=journal, retry=retry, pipeline=pipeline, pool=pool)
+
+
+def key_namer(config: Config) -> KeyNamer:
+    return KeyNamer(prefix=config.s3.prefix, spread=config.keys.spread,
+                    partitions=config.keys.partitions)
+
+
+def build_retry_policy(config: Config) -> RetryPolicy:
+    """The one retry layer with its shared limiter, budget and breaker."""
+    r, b, rl = config.retry, config.breaker, config.rate_limit
+    clock = SystemClock()
+    limiter = RateLimiter(clock=clock, adaptive=rl.adaptive,
+                          max_requests_per_second=rl.max_requests_per_second,
+                          max_bytes_per_second=rl.max_bytes_per_second)
+    budget = RetryBudget(capacity=r.budget_capacity, retry_cost=r.budget_retry_cost,
+                         timeout_retry_cost=r.budget_timeout_cost)
+    breaker = CircuitBreaker(endpoint=config.s3.endpoint_url or f"s3.{config.s3.region}",
+                             clock=clock, failure_threshold=b.failure_threshold,
+                             open_seconds=b.open_seconds,
+                             max_open_seconds=max(b.open_seconds, b.max_open_seconds),
+                             on_change=_log_breaker_change)
+    return RetryPolicy(max_attempts=r.max_attempts, base_seconds=r.backoff_base_seconds,
+                       cap_seconds=r.backoff_max_seconds, clock=clock,
+                       limiter=limiter, budget=budget, breaker=breaker)
+
+
+def _log_breaker_change(endpoint: str, old: BreakerState, new: BreakerState) -> None:
+    level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
+    log.log(level, "circuit breaker for %s: %s -> %s", endpoint, old.value, new.value)

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 class WorkerPool:
     def __init__(self, *, pipeline: Pipeline, concurrency: int, queue_size: int = 1000,
+                 retry_later_seconds: float | None = None,
                  on_changed: Callable[[Path], None] | None = None) -> None:
         self.pipeline = pipeline
         self.concurrency = concurrency
@@ -27,6 +28,8 @@ class WorkerPool:
         self._busy: dict[asyncio.Task[None], Path] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._retry_later_seconds = retry_later_seconds
+        self._deferred: dict[Path, asyncio.TimerHandle] = {}
         self.on_changed = on_changed
 
     @property
@@ -36,6 +39,11 @@ class WorkerPool:
     @property
     def in_flight(self) -> int:
         return len(self._busy)
+
+    @property
+    def deferred(self) -> int:
+        """Files waiting to be retried after a transient failure."""
+        return len(self._deferred)
 
     async def submit(self, path: Path, relative: str) -> None:
         """Queue a settled file (waits while the queue is full: back-pressure)."""
@@ -54,6 +62,9 @@ class WorkerPool:
 
     async def stop(self, *, grace_seconds: float) -> None:
         self._stopping = True
+        for timer in self._deferred.values():
+            timer.cancel()  # they stay pending in the journal; the next start takes them
+        self._deferred.clear()
         for task in self._tasks:
             if task not in self._busy:
                 task.cancel()
@@ -79,9 +90,32 @@ class WorkerPool:
                 outcome = await self.pipeline.process(path, relative)
                 if outcome is Outcome.CHANGED and self.on_changed:
                     self.on_changed(path)
+                elif outcome is Outcome.DEFERRED:
+                    self._retry_later(path, relative)
             except Exception:
                 log.exception("unexpected error while uploading %s", path)
             finally:
                 del self._busy[task]
                 self._queued.discard(path)
                 self._queue.task_done()
+
+    def _retry_later(self, path: Path, relative: str) -> None:
+        """Put a file back in line after a transient failure (not in a one-shot run)."""
+        if self._retry_later_seconds is None or self._stopping:
+            return
+
+        def resubmit() -> None:
+            del self._deferred[path]
+            task = asyncio.ensure_future(self.submit(path, relative))
+            task.add_done_callback(_log_failure)
+
+        previous = self._deferred.pop(path, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._deferred[path] = loop.call_later(self._retry_later_seconds, resubmit)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("could not put a file back in line: %r", task.exception())

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 from uploader.config import Config
 from uploader.journal import Journal
+from uploader.limiter import partition_for
 from uploader.retry import RetryPolicy
 from uploader.transfer.job import FileJob
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,6 +65,12 @@ class TransferContext:
         if metadata:
             params["Metadata"] = metadata
         return params
+
+    async def call(self, operation: Callable[[], Awaitable[T]], *, key: str, what: str,
+                   nbytes: int = 0) -> T:
+        """Send one request on `key`'s rate-limiter partition, through the retry layer."""
+        return await self.retry.call(operation, what=what, nbytes=nbytes,
+                                     partition=partition_for(self.bucket, key))
 
     def describe(self, job: FileJob, operation: str) -> str:
         return f"{operation} s3://{self.bucket}/{job.key} ({job.path})"

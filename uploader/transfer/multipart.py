@@ -3,8 +3,9 @@
 The UploadId is journaled the moment it exists, and each part's ETag and
 checksum are journaled as the part completes, before it counts as done. So a
 killed process resumes where it stopped (ListParts reconciles the journal with
-the server), and a cancelled one (shutdown) parks its upload for the next start.
-An upload that fails for good, or whose file changed, is aborted.
+the server); a cancelled one (shutdown), or one whose retries ran out on
+transient errors, parks its upload for the next attempt. An upload that fails
+for good, or whose file changed, is aborted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from typing import Any, Iterator
 
 from uploader.checksums import ALGORITHM, PARAMETER, checksum_b64
-from uploader.errors import PermanentError, TransferError, UploaderError
+from uploader.errors import PermanentError, TransferError, TransientError, UploaderError
 from uploader.journal import PartRecord, UploadRecord
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, ensure_unchanged, open_for_upload, read_range
@@ -44,8 +45,14 @@ async def upload_multipart(ctx: TransferContext, job: FileJob) -> UploadResult:
         log.info("parked multipart upload of %s for the next start", job.path,
                  extra={"file": str(job.path), "key": job.key})
         raise
+    except TransientError:
+        # Throttling or an outage outlasted the retries: the parts stored so
+        # far stay, and the next attempt at this file resumes from them.
+        log.info("parked multipart upload of %s until the file is retried", job.path,
+                 extra={"file": str(job.path), "key": job.key})
+        raise
     except (UploaderError, OSError) as exc:
-        await _abort(ctx, job, upload, reason=exc)
+        await abort_upload(ctx, upload, reason=exc)
         raise
     ctx.journal.drop_upload(str(job.path))
     return UploadResult(etag=etag, size=job.size, parts=total, parts_sent=len(missing))
@@ -61,7 +68,7 @@ async def _resume_or_create(ctx: TransferContext, job: FileJob, *, part_size: in
             log.info("resuming multipart upload of %s", job.path,
                      extra={"file": str(job.path), "key": job.key})
             return previous
-        await _abort(ctx, job, previous, reason="the file or settings changed since")
+        await abort_upload(ctx, previous, reason="the file or settings changed since")
     return await _create(ctx, job, part_size=part_size, total=total)
 
 
@@ -70,9 +77,9 @@ async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
     params = ctx.object_params(job)
     if ctx.checksum in ALGORITHM:
         params["ChecksumAlgorithm"] = ALGORITHM[ctx.checksum]
-    response = await ctx.retry.call(
+    response = await ctx.call(
         lambda: ctx.client.create_multipart_upload(Bucket=ctx.bucket, Key=job.key, **params),
-        what=ctx.describe(job, "CreateMultipartUpload"))
+        key=job.key, what=ctx.describe(job, "CreateMultipartUpload"))
     record = UploadRecord(path=str(job.path), key=job.key, upload_id=response["UploadId"],
                           size=job.size, mtime_ns=job.signature.mtime_ns, part_size=part_size,
                           parts=total, checksum=ctx.checksum, created_at=time.time())
@@ -161,10 +168,11 @@ async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, f
     body = await asyncio.to_thread(read_range, fd, offset=offset, length=length, path=job.path)
     checksum = checksum_b64(ctx.checksum, body)
     params = {PARAMETER[ctx.checksum]: checksum} if checksum else {}
-    response = await ctx.retry.call(
+    response = await ctx.call(
         lambda: ctx.client.upload_part(Bucket=ctx.bucket, Key=upload.key,
                                        UploadId=upload.upload_id, PartNumber=number,
                                        Body=body, **params),
+        key=upload.key, nbytes=length,
         what=ctx.describe(job, f"UploadPart {number}/{upload.parts}"))
     return PartRecord(part_number=number, size=length, etag=response["ETag"].strip('"'),
                       checksum=checksum)
@@ -173,11 +181,11 @@ async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, f
 async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> str:
     parts = ctx.journal.parts(upload.upload_id)
     listing = [_completed_part(ctx.checksum, parts[n]) for n in sorted(parts)]
-    response = await ctx.retry.call(
+    response = await ctx.call(
         lambda: ctx.client.complete_multipart_upload(
             Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id,
             MultipartUpload={"Parts": listing}),
-        what=ctx.describe(job, "CompleteMultipartUpload"))
+        key=upload.key, what=ctx.describe(job, "CompleteMultipartUpload"))
     return str(response["ETag"]).strip('"')
 
 
@@ -188,18 +196,18 @@ def _completed_part(algorithm: str, part: PartRecord) -> dict[str, Any]:
     return entry
 
 
-async def _abort(ctx: TransferContext, job: FileJob, upload: UploadRecord,
-                 *, reason: object) -> None:
+async def abort_upload(ctx: TransferContext, upload: UploadRecord, *, reason: object) -> None:
     """Abort under shield: a cancelled caller must not leave orphaned parts behind."""
-    log.warning("aborting multipart upload of %s: %s", job.path, reason,
-                extra={"file": str(job.path), "key": upload.key})
+    log.warning("aborting multipart upload of %s: %s", upload.path, reason,
+                extra={"file": upload.path, "key": upload.key})
 
     async def abort() -> None:
         try:
-            await ctx.retry.call(
+            await ctx.call(
                 lambda: ctx.client.abort_multipart_upload(
                     Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id),
-                what=ctx.describe(job, "AbortMultipartUpload"))
+                key=upload.key,
+                what=f"AbortMultipartUpload s3://{ctx.bucket}/{upload.key} ({upload.path})")
         except PermanentError as exc:
             if exc.code != "NoSuchUpload":
                 log.warning("abort failed: %s", exc)

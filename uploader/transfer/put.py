@@ -16,9 +16,9 @@ INLINE_READ_LIMIT = 256 * 1024
 async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
     body = await _read_whole(job)
     params = {**ctx.object_params(job), **request_parameters(ctx.checksum, body)}
-    response = await ctx.retry.call(
+    response = await ctx.call(
         lambda: ctx.client.put_object(Bucket=ctx.bucket, Key=job.key, Body=body, **params),
-        what=ctx.describe(job, "PUT"))
+        key=job.key, nbytes=len(body), what=ctx.describe(job, "PUT"))
     return UploadResult(etag=response["ETag"].strip('"'), size=len(body))
 
 
