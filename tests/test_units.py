@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import base64
 import hashlib
 import zlib
@@ -9,9 +10,11 @@ import zlib
 import pytest
 
 from uploader.checksums import checksum_b64
+from uploader.clock import FakeClock
 from uploader.config import SourceConfig
 from uploader.filters import FileFilter, glob_to_regex
-from uploader.keys import object_key
+from uploader.keys import KeyNamer, object_key, spread_segment
+from uploader.limiter import RateLimiter
 from uploader.retry import backoff_delay
 from uploader.transfer.sizing import MAX_PARTS, MiB, part_count, part_range, part_size_for
 
@@ -79,3 +82,29 @@ def test_checksums_match_reference_implementations():
     assert checksum_b64("crc32c", bytes(32)) == base64.b64encode(
         bytes.fromhex("8a9136aa")).decode()
     assert checksum_b64("none", data) is None
+
+
+# ------------------------------------------------------------ key spreading
+def test_spread_keys_follow_the_documented_formula():
+    namer = KeyNamer(prefix="incoming/", spread="hash", partitions=16)
+    digest = hashlib.sha256(b"logs/a.txt").hexdigest()
+    assert namer.key("logs/a.txt") == f"incoming/{int(digest[:8], 16) % 16:x}/logs/a.txt"
+    assert namer.metadata("dir/é b.txt") == {"source-path": "dir/%C3%A9%20b.txt"}
+
+
+def test_spread_segments_are_padded_and_cover_every_partition():
+    segments = {spread_segment(f"file-{i}", partitions=300) for i in range(20000)}
+    assert segments == {f"{n:03x}/" for n in range(300)}
+    assert spread_segment("x", partitions=1) == "0/"
+
+
+def test_without_spreading_the_key_is_prefix_plus_path_and_no_metadata():
+    namer = KeyNamer(prefix="p/")
+    assert namer.key("a/b.txt") == "p/a/b.txt" and namer.metadata("a/b.txt") == {}
+
+
+def test_a_non_adaptive_limiter_counts_throttles_but_never_slows_down():
+    limiter = RateLimiter(clock=FakeClock(), adaptive=False)
+    assert limiter.on_throttle("b/p", sent_at=0.0) is False
+    assert limiter.current_rate("b/p") is None
+    assert limiter.snapshot()["b/p"].throttles == 1
