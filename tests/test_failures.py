@@ -17,7 +17,11 @@ def journal(state_dir: Path) -> dict[str, tuple[str, str | None]]:
     if not path.exists():
         return {}
     with sqlite3.connect(path) as db:
-        return {p: (s, e) for p, s, e in db.execute("SELECT path, status, error FROM files")}
+        try:
+            rows = db.execute("SELECT path, status, error FROM files").fetchall()
+        except sqlite3.OperationalError:  # the daemon is still creating the schema
+            return {}
+    return {p: (s, e) for p, s, e in rows}
 
 
 def status_of(state_dir: Path, path: Path) -> tuple[str, str | None] | None:

@@ -4,16 +4,28 @@ WAL mode with `synchronous=NORMAL`: a committed transaction survives the
 process being killed (SIGKILL, OOM); after a power loss the last few commits
 may be lost, which the restart path covers by checking the object in S3
 (HEAD) before uploading again. The journal is touched only from the event
-loop's thread; each call is a short transaction on a local file.
+loop's thread.
+
+Group commit: inside an event loop, writes join an open transaction that is
+committed once per loop iteration (`call_soon`), so the many writes workers
+make in the same iteration cost one commit. A caller whose next step relies
+on its write having reached the disk (a file marked `uploading` before its
+PUT, a part recorded before it counts as done) awaits `durable()`, which
+returns once that batch is committed; everyone waiting shares that commit.
+Outside a loop (the CLI's `status`, `retry-failed`) every write commits at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -102,6 +114,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._in_transaction = False
+        self._batch: asyncio.Future[None] | None = None  # the commit the open batch awaits
+        self.writes = 0
+        self.commits = 0
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> "Journal":
@@ -109,7 +125,54 @@ class Journal:
         return cls(state_dir / "journal.sqlite3")
 
     def close(self) -> None:
+        self._commit_batch()
         self._db.close()
+
+    # -- group commit ------------------------------------------------------
+
+    async def durable(self) -> None:
+        """Return once every write made so far is committed (shared by all waiters)."""
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    @property
+    def uncommitted(self) -> bool:
+        return self._in_transaction
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        if not self._in_transaction:
+            self._db.execute("BEGIN")
+            self._in_transaction = True
+        self.writes += 1
+        return self._db.execute(sql, params)
+
+    def _written(self) -> None:
+        """End of one logical write: commit now (no loop) or with this iteration's batch."""
+        if self._batch is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._commit_batch()  # no loop: nothing to batch with
+            return
+        self._batch = loop.create_future()
+        loop.call_soon(self._commit_batch)
+
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        try:
+            if self._in_transaction:
+                self._in_transaction = False
+                self._db.execute("COMMIT")
+                self.commits += 1
+        except sqlite3.Error as exc:
+            log.error("journal commit failed: %s", exc)
+            if batch is not None and not batch.done():
+                batch.set_exception(exc)
+                batch.add_done_callback(lambda f: f.exception())  # raised to waiters only
+            return
+        if batch is not None and not batch.done():
+            batch.set_result(None)
 
     # -- files -------------------------------------------------------------
 
@@ -123,7 +186,7 @@ class Journal:
                   etag: str | None = None, error: str | None = None) -> None:
         """Record a file's state; `attempts` counts transfers started."""
         now = time.time()
-        self._db.execute(
+        self._write(
             """INSERT INTO files (path, size, mtime_ns, key, status, etag, error, attempts,
                                   updated_at, uploaded_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -135,6 +198,7 @@ class Journal:
                  uploaded_at = COALESCE(excluded.uploaded_at, files.uploaded_at)""",
             (path, size, mtime_ns, key, status, etag, error, int(status == UPLOADING), now,
              now if status == UPLOADED else None))
+        self._written()
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
@@ -152,18 +216,20 @@ class Journal:
 
     def reset_failed(self) -> int:
         """Put failed files back in line; the next scan picks them up."""
-        cursor = self._db.execute(
+        cursor = self._write(
             "UPDATE files SET status = ?, error = NULL, updated_at = ? WHERE status = ?",
             (PENDING, time.time(), FAILED))
+        self._written()
         return cursor.rowcount
 
     # -- multipart uploads -------------------------------------------------
 
     def start_upload(self, record: UploadRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.path, record.key, record.upload_id, record.size, record.mtime_ns,
              record.part_size, record.parts, record.checksum, record.created_at))
+        self._written()
 
     def find_upload(self, path: str) -> UploadRecord | None:
         row = self._db.execute("SELECT * FROM uploads WHERE path = ?", (path,)).fetchone()
@@ -176,9 +242,10 @@ class Journal:
         return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
 
     def record_part(self, upload_id: str, part: PartRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?)",
             (upload_id, part.part_number, part.size, part.etag, part.checksum))
+        self._written()
 
     def parts(self, upload_id: str) -> dict[int, PartRecord]:
         rows = self._db.execute(
@@ -191,24 +258,12 @@ class Journal:
             "SELECT COUNT(*) FROM parts WHERE upload_id = ?", (upload_id,)).fetchone()[0]
 
     def drop_upload(self, path: str) -> None:
-        """Forget a multipart upload (completed or aborted) and its parts, atomically."""
-        with self._transaction():
-            row = self._db.execute(
-                "SELECT upload_id FROM uploads WHERE path = ?", (path,)).fetchone()
-            if row:
-                self._db.execute("DELETE FROM parts WHERE upload_id = ?", (row[0],))
-                self._db.execute("DELETE FROM uploads WHERE path = ?", (path,))
+        """Forget a multipart upload (completed or aborted) and its parts.
 
-    def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        Both deletes land in the same batch, hence the same transaction.
+        """
+        row = self._db.execute("SELECT upload_id FROM uploads WHERE path = ?", (path,)).fetchone()
+        if row:
+            self._write("DELETE FROM parts WHERE upload_id = ?", (row[0],))
+            self._write("DELETE FROM uploads WHERE path = ?", (path,))
+            self._written()

@@ -156,6 +156,9 @@ class Pipeline:
                          job.path, extra={"file": str(job.path), "key": job.key})
                 return existing
         self._record_job(job, UPLOADING)
+        # On disk before anything is sent: after a crash, `uploading` is what
+        # makes the restart look in S3 before sending the file again.
+        await self.journal.durable()
         if job.size >= self.ctx.multipart_threshold:
             return await upload_multipart(self.ctx, job)
         return await put_file(self.ctx, job)

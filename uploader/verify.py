@@ -37,18 +37,20 @@ async def confirm_object(ctx: TransferContext, job: FileJob, result: UploadResul
             f"{job.size} bytes with ETag {result.etag}; {job.path} is kept")
 
 
-async def matching_object_exists(ctx: TransferContext, job: FileJob) -> UploadResult | None:
+async def matching_object_exists(ctx: TransferContext, job: FileJob, *,
+                                 part_size: int | None = None) -> UploadResult | None:
     """After a crash mid-upload: is the object already there, whole and identical?
 
     Compares size, then the ETag S3 derives from MD5s (single PUT: the file's
     MD5; multipart: MD5 of the parts' MD5s, dash, count). Objects whose ETag is
     not an MD5 (SSE-KMS) do not match and are uploaded again, which is safe.
+    `part_size`: the part size the interrupted upload used (default: today's).
     """
     found = await head(ctx, job)
     if found is None or found["ContentLength"] != job.size:
         return None
     etag = found["ETag"].strip('"')
-    ours = await asyncio.to_thread(local_etag, job, part_size=ctx.part_size,
+    ours = await asyncio.to_thread(local_etag, job, part_size=part_size or ctx.part_size,
                                    multipart=job.size >= ctx.multipart_threshold)
     if etag != ours:
         return None
@@ -70,3 +72,29 @@ def local_etag(job: FileJob, *, multipart: bool, part_size: int) -> str:
         return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
     finally:
         os.close(fd)
+
+
+def multipart_etag(part_etags: list[str]) -> str:
+    """The ETag S3 gives a completed multipart upload: MD5 of the parts' MD5s, dash, count."""
+    digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in part_etags)
+    return f"{hashlib.md5(digests).hexdigest()}-{len(part_etags)}"
+
+
+def check_completed_etag(ctx: TransferContext, job: FileJob, *, etag: str,
+                         part_etags: list[str]) -> None:
+    """The completed object is made of exactly the parts we sent (no extra request needed).
+
+    Only when S3's ETags are MD5s (not with SSE-KMS or SSE-C, whose ETags are opaque).
+    """
+    if not all(_is_md5(e) for e in part_etags) or "-" not in etag:
+        return
+    expected = multipart_etag(part_etags)
+    if etag != expected:
+        raise VerificationError(
+            f"s3://{ctx.bucket}/{job.key}: completed with ETag {etag}, but the parts sent "
+            f"make {expected}; {job.path} is kept")
+
+
+def _is_md5(etag: str) -> bool:
+    text = etag.strip('"')
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)

@@ -22,6 +22,7 @@ from uploader.journal import PartRecord, UploadRecord
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, ensure_unchanged, open_for_upload, read_range
 from uploader.transfer.sizing import part_count, part_range, part_size_for
+from uploader.verify import check_completed_etag, matching_object_exists
 
 log = logging.getLogger(__name__)
 LIST_PARTS_PAGE = 1000
@@ -33,8 +34,13 @@ async def upload_multipart(ctx: TransferContext, job: FileJob) -> UploadResult:
     upload = await _resume_or_create(ctx, job, part_size=part_size, total=total)
     try:
         done = await _parts_already_stored(ctx, job, upload)
-        if done is None:  # the server forgot this upload: start over cleanly
+        if done is None:
+            # The server no longer knows this upload: it was completed just
+            # before a crash (then the object is there), or aborted / expired.
             ctx.journal.drop_upload(str(job.path))
+            finished = await matching_object_exists(ctx, job, part_size=upload.part_size)
+            if finished is not None:
+                return finished
             upload = await _create(ctx, job, part_size=part_size, total=total)
             done = {}
         missing = [n for n in range(1, total + 1) if n not in done]
@@ -84,6 +90,7 @@ async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
                           size=job.size, mtime_ns=job.signature.mtime_ns, part_size=part_size,
                           parts=total, checksum=ctx.checksum, created_at=time.time())
     ctx.journal.start_upload(record)
+    await ctx.journal.durable()  # resumable from here on
     return record
 
 
@@ -160,6 +167,7 @@ async def _part_sender(ctx: TransferContext, job: FileJob, upload: UploadRecord,
         async with ctx.part_slots:
             part = await _send_part(ctx, job, upload, fd, number)
         ctx.journal.record_part(upload.upload_id, part)
+        await ctx.journal.durable()  # only a committed part counts as done
 
 
 async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, fd: int,
@@ -186,7 +194,9 @@ async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) ->
             Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id,
             MultipartUpload={"Parts": listing}),
         key=upload.key, what=ctx.describe(job, "CompleteMultipartUpload"))
-    return str(response["ETag"]).strip('"')
+    etag = str(response["ETag"]).strip('"')
+    check_completed_etag(ctx, job, etag=etag, part_etags=[parts[n].etag for n in sorted(parts)])
+    return etag
 
 
 def _completed_part(algorithm: str, part: PartRecord) -> dict[str, Any]:
