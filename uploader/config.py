@@ -187,6 +187,16 @@ class RateLimitConfig(Section):
         "`50MiB`; `null` = none.")
 
 
+
+class JanitorConfig(Section):
+    enabled: bool = Field(
+        True, description="Abort abandoned multipart uploads under `s3.prefix` (ones the "
+        "journal does not know), at start and every `interval_seconds`.")
+    interval_seconds: float = Field(3600.0, gt=0, description="How often the janitor runs.")
+    abort_after_seconds: float = Field(
+        86400.0, gt=0, description="Only uploads started at least this long ago are aborted, "
+        "so uploads another instance or tool is still writing are left alone.")
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level.")
@@ -205,6 +215,8 @@ class Config(Section):
         default_factory=BreakerConfig, description="The circuit breaker per endpoint.")
     rate_limit: RateLimitConfig = Field(
         default_factory=RateLimitConfig, description="The request-rate limiter.")
+    janitor: JanitorConfig = Field(
+        default_factory=JanitorConfig, description="Cleaning up abandoned multipart uploads.")
     state_dir: Path = Field(
         Path("/var/lib/uploader"),
         description="Holds the journal (`journal.sqlite3`), which records every file's state.")

@@ -19,7 +19,8 @@ from uploader.filters import FileFilter
 from uploader.journal import Journal
 from uploader.sources.directory import DirectorySource
 from uploader.sources.walk import TreeWalker
-from uploader.wiring import services
+from uploader.janitor import Janitor
+from uploader.wiring import Services, services
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,21 @@ async def run_daemon(config: Config) -> int:
                 rescan_interval_seconds=config.source.rescan_interval_seconds)
             svc.pool.on_changed = source.resettle
             svc.pool.start()
-            watching = asyncio.create_task(source.run(), name="source")
+            background = [asyncio.create_task(source.run(), name="source")]
+            if config.janitor.enabled:
+                background.append(asyncio.create_task(_janitor(config, svc).run(
+                    interval_seconds=config.janitor.interval_seconds), name="janitor"))
+            watching = background[0]
             log.info("watching %s, uploading to s3://%s/%s", root, config.s3.bucket,
                      config.s3.prefix)
             stopped = asyncio.create_task(stop.wait(), name="stop-signal")
             await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
             log.info("stopping: no new files taken")
             stopped.cancel()
-            watching.cancel()
-            await _reap(watching)
+            for task in background:
+                task.cancel()
+            for task in background:
+                await _reap(task)
             await svc.pool.stop(grace_seconds=config.shutdown_grace_seconds)
     finally:
         journal.close()
@@ -70,7 +77,7 @@ async def _reap(task: asyncio.Task[None]) -> None:
         try:
             await task
         except Exception:
-            log.exception("the directory source failed")
+            log.exception("%s failed", task.get_name())
             raise
 
 
@@ -80,3 +87,8 @@ def _dirs_inside(config: Config) -> tuple:
     if config.move_to is not None:
         dirs.append(config.move_to)
     return tuple(dirs)
+
+
+def _janitor(config: Config, svc: Services) -> Janitor:
+    return Janitor(ctx=svc.pipeline.ctx, prefix=config.s3.prefix,
+                   abort_after_seconds=config.janitor.abort_after_seconds)

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     checksum   TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS uploads_by_id ON uploads(upload_id);
 CREATE TABLE IF NOT EXISTS parts (
     upload_id   TEXT NOT NULL,
     part_number INTEGER NOT NULL,
@@ -238,8 +239,9 @@ class Journal:
     def uploads(self) -> list[UploadRecord]:
         return [UploadRecord(*row) for row in self._db.execute("SELECT * FROM uploads")]
 
-    def known_upload_ids(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
+    def knows_upload(self, upload_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM uploads WHERE upload_id = ?",
+                                (upload_id,)).fetchone() is not None
 
     def record_part(self, upload_id: str, part: PartRecord) -> None:
         self._write(

@@ -1,0 +1,233 @@
+"""Crash safety in-process, against real servers: every case the kill test can only hit by luck.
+
+The fault proxy in front of the server counts what was really sent, so "not
+uploaded twice" and "only the missing parts" are measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fault_proxy import FaultProxy
+from uploader.config import validate_config
+from uploader.janitor import Janitor
+from uploader.journal import Journal, PartRecord, UploadRecord
+from uploader.pipeline import Outcome
+from uploader.wiring import services
+
+MiB = 1024 * 1024
+PART = 5 * MiB
+
+
+def make_config(tmp_path: Path, endpoint: str, bucket: str, *, region: str = "us-east-1",
+                **sections):
+    raw = {
+        "source": {"directory": str(tmp_path)},
+        "s3": {"bucket": bucket, "endpoint_url": endpoint, "region": region,
+               "addressing_style": "path", "prefix": "in/"},
+        "transfer": {"multipart_threshold": "5MiB", "part_size": "5MiB"},
+        "state_dir": str(tmp_path / "state"),
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return validate_config(raw)
+
+
+def writes(proxy: FaultProxy) -> int:
+    """Requests that create or change data (PUT object/part, POST create/complete)."""
+    return proxy.count(method="PUT", forwarded=True) + proxy.count(method="POST", forwarded=True)
+
+
+def restore(journal: Journal, snapshot: dict) -> None:
+    """Put back what the journal held before the crash (the commit that never happened)."""
+    record = snapshot["upload"]
+    journal.start_upload(record)
+    for part in snapshot["parts"].values():
+        journal.record_part(record.upload_id, part)
+    path = Path(record.path)
+    st = path.stat()
+    journal.set_state(record.path, size=st.st_size, mtime_ns=st.st_mtime_ns, key=record.key,
+                      status="uploading")
+
+
+async def test_crash_between_complete_and_commit_does_not_upload_again(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """CompleteMultipartUpload succeeded, then the process died before the journal knew.
+
+    On restart the journal still holds the UploadId and its parts; ListParts answers
+    NoSuchUpload (it was completed), so HEAD decides: same size and multipart ETag means
+    done, and nothing is sent.
+    """
+    path = tmp_path / "big.bin"
+    data = os.urandom(2 * PART + 999)
+    path.write_bytes(data)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    config = make_config(tmp_path, fault_proxy.url, bucket, region=s3_server.region)
+    snapshot: dict = {}
+    async with services(config, journal=journal) as svc:
+        original_drop = journal.drop_upload
+
+        def remember_then_drop(file_path: str) -> None:
+            upload = journal.find_upload(file_path)
+            snapshot.update(upload=upload, parts=journal.parts(upload.upload_id))
+            original_drop(file_path)
+
+        journal.drop_upload = remember_then_drop  # type: ignore[method-assign]
+        assert await svc.pipeline.process(path, "big.bin") is Outcome.UPLOADED
+        journal.drop_upload = original_drop  # type: ignore[method-assign]
+        assert fault_proxy.completed_uploads("in/big.bin") == 1
+
+        restore(journal, snapshot)
+        fault_proxy.reset_log()
+        assert await svc.pipeline.process(path, "big.bin") is Outcome.ALREADY_UPLOADED
+    assert writes(fault_proxy) == 0
+    assert journal.lookup(str(path)).status == "uploaded"
+    assert journal.find_upload(str(path)) is None
+    journal.close()
+    assert s3.get_object(Bucket=bucket, Key="in/big.bin")["Body"].read() == data
+
+
+async def test_an_expired_upload_id_starts_over_cleanly(tmp_path, s3_server, s3_env, bucket, s3,
+                                                       fault_proxy):
+    """The journal's UploadId was aborted on the server (lifecycle rule, another tool)."""
+    path = tmp_path / "big.bin"
+    data = os.urandom(2 * PART + 1)
+    path.write_bytes(data)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    stale = s3.create_multipart_upload(Bucket=bucket, Key="in/big.bin")["UploadId"]
+    body = data[:PART]
+    etag = s3.upload_part(Bucket=bucket, Key="in/big.bin", UploadId=stale, PartNumber=1,
+                          Body=body)["ETag"].strip('"')
+    s3.abort_multipart_upload(Bucket=bucket, Key="in/big.bin", UploadId=stale)
+    st = path.stat()
+    journal.start_upload(UploadRecord(path=str(path), key="in/big.bin", upload_id=stale,
+                                      size=len(data), mtime_ns=st.st_mtime_ns, part_size=PART,
+                                      parts=3, checksum="md5", created_at=time.time()))
+    journal.record_part(stale, PartRecord(1, PART, etag, None))
+    journal.set_state(str(path), size=len(data), mtime_ns=st.st_mtime_ns, key="in/big.bin",
+                      status="uploading")
+
+    config = make_config(tmp_path, fault_proxy.url, bucket, region=s3_server.region)
+    async with services(config, journal=journal) as svc:
+        assert await svc.pipeline.process(path, "big.bin") is Outcome.UPLOADED
+        assert svc.pipeline.totals.parts_sent == 3  # all of them, under a new UploadId
+    assert journal.find_upload(str(path)) is None
+    journal.close()
+    creates = fault_proxy.count(method="POST", query_has="uploads", forwarded=True)
+    assert creates == 1
+    assert fault_proxy.completed_uploads("in/big.bin") == 1
+    assert s3.get_object(Bucket=bucket, Key="in/big.bin")["Body"].read() == data
+
+
+async def test_a_file_changed_during_its_upload_is_not_published(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """Appended to while its parts are in flight: aborted, back to settling, then sent whole."""
+    path = tmp_path / "growing.bin"
+    first = os.urandom(3 * PART)
+    path.write_bytes(first)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    config = make_config(tmp_path, fault_proxy.url, bucket, region=s3_server.region,
+                         transfer={"max_parts_in_flight": 1})
+    fault_proxy.latency = 0.2  # keep the upload in flight while the file changes
+    async with services(config, journal=journal) as svc:
+        upload = asyncio.ensure_future(svc.pipeline.process(path, "growing.bin"))
+        await fault_proxy.wait_for_async(1, method="PUT", query_has="partNumber", timeout=30)
+        with path.open("ab") as handle:
+            handle.write(b"late bytes")
+        assert await upload is Outcome.CHANGED
+        assert journal.lookup(str(path)).status == "pending"
+        assert journal.find_upload(str(path)) is None
+        assert fault_proxy.count(method="DELETE", query_has="uploadId", forwarded=True) == 1
+        assert fault_proxy.completed_uploads("in/growing.bin") == 0
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+        fault_proxy.latency = 0
+        assert await svc.pipeline.process(path, "growing.bin") is Outcome.UPLOADED
+    journal.close()
+    assert s3.get_object(Bucket=bucket, Key="in/growing.bin")["Body"].read() == first + b"late bytes"
+
+
+async def test_the_janitor_aborts_only_old_uploads_the_journal_does_not_know(
+        tmp_path, s3_server, s3_env, bucket, s3, monkeypatch):
+    monkeypatch.setattr("uploader.janitor.LIST_UPLOADS_PAGE", 2)  # make it page
+    orphans = [s3.create_multipart_upload(Bucket=bucket, Key=f"in/orphan-{i}.bin")["UploadId"]
+               for i in range(3)]
+    ours = s3.create_multipart_upload(Bucket=bucket, Key="in/ours.bin")["UploadId"]
+    elsewhere = s3.create_multipart_upload(Bucket=bucket, Key="other/x.bin")["UploadId"]
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.start_upload(UploadRecord(path=str(tmp_path / "ours.bin"), key="in/ours.bin",
+                                      upload_id=ours, size=1, mtime_ns=1, part_size=PART,
+                                      parts=1, checksum="md5", created_at=time.time()))
+    config = make_config(tmp_path, s3_server.endpoint_url, bucket, region=s3_server.region)
+    async with services(config, journal=journal) as svc:
+        young = await Janitor(ctx=svc.pipeline.ctx, prefix="in/",
+                              abort_after_seconds=3600).sweep()
+        assert young.aborted == [] and young.kept_young == 3 and young.kept_known == 1
+
+        two_days_later = datetime.datetime.now().timestamp() + 2 * 86400
+        report = await Janitor(ctx=svc.pipeline.ctx, prefix="in/", abort_after_seconds=86400,
+                               now=lambda: two_days_later).sweep()
+    journal.close()
+    assert sorted(report.aborted) == [f"in/orphan-{i}.bin" for i in range(3)]
+    assert report.listed == 4 and report.kept_known == 1
+    left = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    assert left == {ours, elsewhere}
+    assert not left & set(orphans)
+
+
+@pytest.mark.timeout(180)
+async def test_a_resumed_upload_of_more_than_1000_parts_pages_through_list_parts(
+        tmp_path, moto_server, monkeypatch):
+    """1,500 parts of 1 KiB on moto's server (it allows small parts): the first run is
+    cancelled after 1,100 parts; the second reads ListParts page by page and sends only
+    the parts that were not yet journaled."""
+    total_parts, part_size = 1500, 1024
+    data = os.urandom(total_parts * part_size - 100)
+    path = tmp_path / "many-parts.bin"
+    path.write_bytes(data)
+    s3 = moto_server.client("s3")
+    s3.create_bucket(Bucket="paging")
+    for name, value in moto_server.env().items():
+        monkeypatch.setenv(name, value)
+    proxy = FaultProxy(moto_server.endpoint_url).start()
+    journal = Journal(tmp_path / "journal.sqlite3")
+    config = make_config(tmp_path, proxy.url, "paging", transfer={"max_parts_in_flight": 16})
+    try:
+        async with services(config, journal=journal) as svc:
+            svc.pipeline.ctx.part_size = part_size
+            svc.pipeline.ctx.multipart_threshold = part_size
+            first = asyncio.ensure_future(svc.pipeline.process(path, "many-parts.bin"))
+            await proxy.wait_for_async(1100, method="PUT", query_has="partNumber", ok=True,
+                                       timeout=120)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        upload = journal.find_upload(str(path))
+        journaled = journal.count_parts(upload.upload_id)
+        assert 1100 - 16 <= journaled < total_parts
+        resumed_at = time.monotonic()  # parts cancelled in flight may still be logged later
+
+        async with services(config, journal=journal) as svc:
+            svc.pipeline.ctx.part_size = part_size
+            svc.pipeline.ctx.multipart_threshold = part_size
+            assert await svc.pipeline.process(path, "many-parts.bin") is Outcome.UPLOADED
+            assert svc.pipeline.totals.parts_sent == total_parts - journaled
+        def resumed(record) -> bool:  # noqa: ANN001
+            return record.t_start > resumed_at
+
+        list_pages = proxy.count(method="GET", query_has="uploadId", where=resumed)
+        assert list_pages == 2  # 1,000 parts, then the rest
+        assert proxy.count(method="PUT", query_has="partNumber", ok=True,
+                           where=resumed) == total_parts - journaled
+        assert proxy.completed_uploads("in/many-parts.bin") == 1
+    finally:
+        proxy.stop()
+        journal.close()
+    assert s3.get_object(Bucket="paging", Key="in/many-parts.bin")["Body"].read() == data
