@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-__all__ = ["Daemon", "daemon_config", "daemon_factory", "run_cli", "wait_until", "UPLOADER"]
+__all__ = ["Daemon", "daemon_config", "daemon_factory", "journal_rows", "keys_in", "object_bytes",
+           "run_cli", "wait_until", "UPLOADER"]
 
 UPLOADER = str(Path(sys.executable).with_name("uploader"))
 # Root reads any file; without these two capabilities it obeys file modes like anyone.
@@ -72,6 +74,32 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
             timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run([UPLOADER, *args], env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def object_bytes(s3, bucket: str, key: str) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def keys_in(s3, bucket: str) -> set[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
+
+
+def journal_rows(state_dir: Path) -> dict[str, tuple[str, int, str | None]]:
+    """path -> (status, attempts, error); empty while the daemon has not created it yet."""
+    path = state_dir / "journal.sqlite3"
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as db:
+        try:
+            rows = db.execute("SELECT path, status, attempts, error FROM files").fetchall()
+        except sqlite3.OperationalError:  # the daemon is still creating the schema
+            return {}
+    return {path: (status, attempts, error) for path, status, attempts, error in rows}
+
 
 
 @pytest.fixture

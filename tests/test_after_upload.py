@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon_harness import daemon_config, daemon_factory, wait_until  # noqa: F401
-from test_daemon_e2e import object_bytes
+from daemon_harness import object_bytes
 from test_failures import status_of
 
 

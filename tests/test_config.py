@@ -123,7 +123,7 @@ def test_readme_reference_matches_the_schema():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     assert reference_markdown() in readme, (
         "README's configuration reference drifted from the schema; regenerate it with "
-        "`python -m uploader.config`")
+        "`python -m uploader.config README.md`")
 
 
 def test_example_config_documents_every_key():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import daemon_factory, wait_until  # noqa: F401
-from test_daemon_e2e import object_bytes
+from daemon_harness import object_bytes
 
 ROOT = Path(__file__).parent.parent
 HADOLINT = Path(sys.executable).with_name("hadolint")

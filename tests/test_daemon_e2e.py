@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from daemon_harness import daemon_config, daemon_factory, wait_until  # noqa: F401
+from daemon_harness import (  # noqa: F401
+    daemon_config,
+    daemon_factory,
+    journal_rows,
+    keys_in,
+    object_bytes,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 THRESHOLD = 5 * MiB
-
-
-def object_bytes(s3, bucket: str, key: str) -> bytes | None:
-    try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
-
-
-def keys_in(s3, bucket: str) -> set[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-
-
-def journal_rows(state_dir: Path) -> dict[str, tuple[str, int, str | None]]:
-    with sqlite3.connect(state_dir / "journal.sqlite3") as db:
-        rows = db.execute("SELECT path, status, attempts, error FROM files").fetchall()
-    return {path: (status, attempts, error) for path, status, attempts, error in rows}
 
 
 def write_slowly(path: Path, chunks: list[bytes], pause: float) -> threading.Thread:

@@ -3,30 +3,25 @@ keeps serving the other files, and no source file is ever lost."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from daemon_harness import daemon_config, daemon_factory, wait_until  # noqa: F401
-from test_daemon_e2e import keys_in, object_bytes
-
-
-def journal(state_dir: Path) -> dict[str, tuple[str, str | None]]:
-    path = state_dir / "journal.sqlite3"
-    if not path.exists():
-        return {}
-    with sqlite3.connect(path) as db:
-        try:
-            rows = db.execute("SELECT path, status, error FROM files").fetchall()
-        except sqlite3.OperationalError:  # the daemon is still creating the schema
-            return {}
-    return {p: (s, e) for p, s, e in rows}
+from daemon_harness import (  # noqa: F401
+    daemon_config,
+    daemon_factory,
+    journal_rows,
+    keys_in,
+    object_bytes,
+    wait_until,
+)
 
 
 def status_of(state_dir: Path, path: Path) -> tuple[str, str | None] | None:
     """The file's journal entry once it reached a final state (not pending/uploading)."""
-    entry = journal(state_dir).get(str(path))
+    entry = journal_rows(state_dir).get(str(path))
+    if entry is not None:
+        entry = (entry[0], entry[2])  # (status, error)
     return entry if entry and entry[0] in ("uploaded", "failed", "skipped") else None
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from daemon_harness import run_cli
-from test_daemon_e2e import keys_in, object_bytes
+from daemon_harness import keys_in, object_bytes
 
 
 @pytest.mark.timeout(60)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import daemon_config, daemon_factory, wait_until  # noqa: F401
-from test_daemon_e2e import journal_rows, keys_in, object_bytes
+from daemon_harness import journal_rows, keys_in, object_bytes  # noqa: F401
 
 MiB = 1024 * 1024
 

@@ -24,7 +24,7 @@ from uploader.config import (
     validate_config,
 )
 from uploader.errors import ConfigError
-from uploader.journal import FAILED, Journal
+from uploader.journal import FAILED, PENDING, Journal
 from uploader.logs import setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -126,6 +126,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for upload in journal.uploads():
             done = journal.count_parts(upload.upload_id)
             print(f"in progress: {upload.path} -> {upload.key}: {done}/{upload.parts} parts")
+        for record in journal.files_in_state(PENDING):
+            if record.error:  # deferred after a transient error, or changed while uploading
+                print(f"waiting to retry: {record.path}: {record.error}")
         for record in journal.files_in_state(FAILED):
             print(f"failed: {record.path}: {record.error}")
     finally:

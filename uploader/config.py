@@ -355,5 +355,24 @@ def _default_text(field: Any) -> str:
     return str(value)
 
 
-if __name__ == "__main__":  # python -m uploader.config: print the README reference
-    print(reference_markdown())
+def update_reference(markdown: str) -> str:
+    """`markdown` with its configuration reference table replaced by the current one."""
+    lines = markdown.split("\n")
+    start = lines.index("| key | default | meaning |")
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[start:end] = reference_markdown().split("\n")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m uploader.config            print the reference
+    # python -m uploader.config README.md  rewrite the reference table in README.md
+    import sys
+
+    if len(sys.argv) > 1:
+        readme = Path(sys.argv[1])
+        readme.write_text(update_reference(readme.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(reference_markdown())
