@@ -57,10 +57,25 @@ class Section(BaseModel):
 
 
 class SourceConfig(Section):
-    type: Literal["directory"] = Field(
-        "directory", description="Where files come from. `directory`: a watched local directory.")
-    directory: Path = Field(
-        description="The directory to watch, recursively. Every file below it is uploaded.")
+    type: Literal["directory", "sqs"] = Field(
+        "directory", description="Where files come from. `directory`: a watched local "
+        "directory. `sqs`: messages on an SQS queue naming files on a shared filesystem "
+        "(a fleet of uploaders drains one queue; `uploader enqueue` fills it).")
+    directory: Path | None = Field(
+        None, description="The directory to watch, recursively (required for `type: "
+        "directory`). With `sqs`: the shared root that object keys are relative to.")
+    queue_url: str | None = Field(
+        None, description="With `type: sqs` (required) and for `uploader enqueue`: the queue's "
+        "URL. Messages are JSON: `{\"path\": ..., \"key\": optional, \"metadata\": optional}`.")
+    endpoint_url: str | None = Field(
+        None, description="An SQS-compatible endpoint (e.g. ElasticMQ); `null` = AWS.")
+    region: str | None = Field(None, description="The queue's region; `null` = `s3.region`.")
+    wait_time_seconds: int = Field(
+        20, ge=0, le=20, description="SQS long polling: how long one receive waits for messages.")
+    visibility_timeout_seconds: int = Field(
+        120, ge=5, le=43200, description="How long a received message stays hidden from other "
+        "uploaders; extended every third of it while its upload runs (heartbeat). After a "
+        "crash, the message reappears this long after the last heartbeat.")
     include: list[str] = Field(
         default_factory=lambda: ["**"],
         description="Glob patterns on the path relative to `directory`; only matching files "
@@ -237,6 +252,14 @@ class Config(Section):
                              "give the folder files are moved to")
         return self
 
+    @model_validator(mode="after")
+    def _source_is_complete(self) -> "Config":
+        if self.source.type == "directory" and self.source.directory is None:
+            raise ValueError("source.directory: required when source.type is 'directory'")
+        if self.source.type == "sqs" and not self.source.queue_url:
+            raise ValueError("source.queue_url: required when source.type is 'sqs'")
+        return self
+
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment, and validate. Raises ConfigError."""
@@ -298,6 +321,8 @@ def _describe_error(err: Mapping[str, Any]) -> str:
         return f"{key}: unknown key{_allowed_keys_hint(err['loc'])}"
     if kind == "missing":
         return f"{key}: required key is missing"
+    if kind == "value_error" and key == "(top level)":
+        return err["msg"].removeprefix("Value error, ")  # our validators name the key
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

@@ -65,8 +65,11 @@ class AfterUpload:
 class Pipeline:
     def __init__(self, *, ctx: TransferContext, journal: Journal, keys: KeyNamer,
                  after_upload: AfterUpload, bucket_check: BucketCheck,
-                 follow_symlinks: bool = False) -> None:
+                 follow_symlinks: bool = False, shared_work: bool = False) -> None:
         self.ctx = ctx
+        # Another instance may already have done this file's work (a fleet draining
+        # one queue, a duplicate message): look in S3 before sending, verify after.
+        self.shared_work = shared_work
         self.journal = journal
         self.keys = keys
         self.after_upload = after_upload
@@ -75,13 +78,18 @@ class Pipeline:
         self.totals = Totals()
         self.started_at = time.time()
 
-    async def process(self, path: Path, relative: str) -> Outcome:
-        """Upload `path` under the key named for `relative` (its path below the watched root)."""
-        outcome, result = await self._process(path, relative)
+    async def process(self, path: Path, relative: str,
+                      metadata: dict[str, str] | None = None) -> Outcome:
+        """Upload `path` under the key named for `relative` (its path below the watched root).
+
+        `metadata`: extra user metadata for this object (e.g. from a queue message).
+        """
+        outcome, result = await self._process(path, relative, metadata or {})
         self.totals.add(outcome, result)
         return outcome
 
-    async def _process(self, path: Path, relative: str) -> tuple[Outcome, UploadResult | None]:
+    async def _process(self, path: Path, relative: str,
+                       metadata: dict[str, str]) -> tuple[Outcome, UploadResult | None]:
         key = self.keys.key(relative)
         try:
             signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
@@ -93,7 +101,7 @@ class Pipeline:
             log.error("%s", exc, extra={"file": str(path), "key": key})
             return Outcome.FAILED, None
         job = FileJob(path=path, relative=relative, key=key, signature=signature,
-                      metadata=self.keys.metadata(relative))
+                      metadata={**metadata, **self.keys.metadata(relative)})
         previous = self.journal.lookup(str(path))
         if self._already_done(previous, job):
             return Outcome.ALREADY_UPLOADED, None
@@ -117,7 +125,7 @@ class Pipeline:
         extra = {"file": str(job.path), "key": job.key}
         try:
             result = await self._transfer(job, crashed_before=_was_interrupted(previous, job))
-            if self.after_upload.action != "keep":
+            if self.after_upload.action != "keep" or self.shared_work:
                 await confirm_object(self.ctx, job, result)
         except SourceChanged as exc:
             log.info("%s", exc, extra=extra)
@@ -148,11 +156,14 @@ class Pipeline:
 
     async def _transfer(self, job: FileJob, *, crashed_before: bool) -> UploadResult:
         await self.bucket_check.ensure_exists()
-        if crashed_before and self.journal.find_upload(str(job.path)) is None:
-            # A previous run may have finished the PUT but died before recording it.
+        look_first = crashed_before or self.shared_work
+        if look_first and self.journal.find_upload(str(job.path)) is None:
+            # A previous run (or another instance) may have finished the upload
+            # without this journal knowing.
             existing = await matching_object_exists(self.ctx, job)
             if existing is not None:
-                log.info("%s was already uploaded before a restart; not sending it again",
+                log.info("%s is already in S3 (an earlier run or another instance); "
+                         "not sending it again",
                          job.path, extra={"file": str(job.path), "key": job.key})
                 return existing
         self._record_job(job, UPLOADING)

@@ -44,7 +44,8 @@ async def services(config: Config, *, journal: Journal) -> AsyncIterator[Service
                             after_upload=AfterUpload(config.after_upload, config.move_to),
                             bucket_check=BucketCheck(client=client, bucket=config.s3.bucket,
                                                      retry=retry),
-                            follow_symlinks=config.source.follow_symlinks)
+                            follow_symlinks=config.source.follow_symlinks,
+                            shared_work=config.source.type == "sqs")
         pool = WorkerPool(pipeline=pipeline, concurrency=t.concurrency,
                           queue_size=max(64, 4 * t.concurrency),
                           retry_later_seconds=config.retry.retry_later_seconds)

@@ -1,0 +1,278 @@
+"""An SQS queue as the source: a fleet of uploaders draining one queue of file paths.
+
+Each message names a file on a shared filesystem (EFS, NFS) as JSON:
+`{"path": "/mnt/share/a.csv", "key": "optional/name.csv", "metadata": {...}}`.
+
+- Long polling, batches of up to 10, never more messages held than
+  `transfer.concurrency` (the rest stay in the queue for other instances).
+- While a message's upload runs, its visibility timeout is extended every
+  third of the timeout (heartbeat), so a long multipart upload keeps it.
+- The message is deleted (in batches) only after the object is verified in S3.
+- A message whose file failed for good, or that is malformed, is logged with
+  the reason and released at once (visibility 0); after the queue's
+  `maxReceiveCount` its redrive policy moves it to the dead-letter queue. It
+  never blocks the others.
+- A transient failure (outage, throttling) hands the message back with a
+  visibility of `retry.retry_later_seconds`: the queue does the waiting.
+- Exactly once across the fleet and across duplicates: the pipeline runs in
+  `shared_work` mode, so it looks in S3 (HEAD: size and MD5-derived ETag)
+  before sending, and a file already there is not sent again.
+- A killed instance's messages reappear after their visibility timeout and
+  are taken by the others.
+
+SQS requests use botocore's standard retries (the S3 retry layer, its
+limiter and breaker are for S3 alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aioboto3
+from aiobotocore.config import AioConfig
+
+from uploader.config import Config
+from uploader.errors import ConfigError
+from uploader.pipeline import Outcome, Pipeline
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10  # SQS's limit for receive and delete batches
+DELETE_FLUSH_SECONDS = 0.2
+CHANGED_RETRY_SECONDS = 5  # a file that changed while uploading is retried after this
+IDLE_BACKOFF_SECONDS = 5.0  # after a failed receive
+
+
+class MessageError(ValueError):
+    """A message that does not name a file we can upload; the reason says why."""
+
+
+@dataclass(frozen=True)
+class QueueJob:
+    path: Path
+    relative: str  # the name under s3.prefix
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def parse_message(body: str, *, root: Path | None) -> QueueJob:
+    """Validate one message body. Raises MessageError naming the problem."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"not JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"expected a JSON object, got {type(data).__name__}")
+    unknown = set(data) - {"path", "key", "metadata", "size", "mtime_ns"}
+    if unknown:
+        raise MessageError(f"unknown field(s) {sorted(unknown)} (expected path, key, metadata)")
+    path = data.get("path")
+    if not isinstance(path, str) or not path:
+        raise MessageError('"path" is missing or not a string')
+    if not Path(path).is_absolute():
+        raise MessageError(f'"path" must be absolute, got {path!r}')
+    key = data.get("key")
+    if key is not None and (not isinstance(key, str) or not key.strip("/")):
+        raise MessageError('"key" must be a non-empty string')
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise MessageError('"metadata" must be an object of strings')
+    return QueueJob(path=Path(path), relative=key or _default_name(Path(path), root),
+                    metadata=metadata)
+
+
+def _default_name(path: Path, root: Path | None) -> str:
+    """The path relative to the shared root, or the file name if it lies outside."""
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            return path.relative_to(root).as_posix()
+    return path.name
+
+
+@contextlib.asynccontextmanager
+async def open_sqs_client(config: Config) -> AsyncIterator[Any]:
+    source = config.source
+    session = aioboto3.Session(profile_name=config.s3.profile)
+    async with session.client(
+            "sqs", endpoint_url=source.endpoint_url, region_name=source.region or config.s3.region,
+            config=AioConfig(retries={"mode": "standard", "max_attempts": 5},
+                             connect_timeout=config.transfer.connect_timeout_seconds,
+                             read_timeout=source.wait_time_seconds + 10)) as client:
+        yield client
+
+
+async def check_queue(client: Any, queue_url: str) -> None:
+    """Fail at start, with a reason naming the setting, if the queue cannot be used."""
+    try:
+        await client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    except Exception as exc:  # noqa: BLE001 - any failure here is a setup problem
+        raise ConfigError(f"source.queue_url: cannot use the queue {queue_url}: {exc}") from None
+
+
+class _Deleter:
+    """Deletes handled messages in batches of up to 10 (handlers finishing together share)."""
+
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self._client = client
+        self._queue_url = queue_url
+        self._pending: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.deleted = 0
+
+    def delete(self, receipt: str) -> None:
+        self._pending.append(receipt)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(delay=DELETE_FLUSH_SECONDS))
+
+    async def _flush(self, *, delay: float) -> None:
+        if len(self._pending) < MAX_BATCH:
+            await asyncio.sleep(delay)
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            await self._send(batch)
+
+    async def _send(self, batch: list[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(batch)]
+        try:
+            response = await self._client.delete_message_batch(
+                QueueUrl=self._queue_url, Entries=entries)
+        except Exception as exc:  # noqa: BLE001 - the messages come back, seen as done
+            log.warning("could not delete %d handled message(s); they will come back and "
+                        "be recognised as done: %s", len(batch), exc)
+            return
+        for failure in response.get("Failed", []):
+            log.warning("could not delete a handled message: %s", failure.get("Message"))
+        self.deleted += len(response.get("Successful", []))
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush(delay=0)
+
+
+class SqsSource:
+    def __init__(self, *, client: Any, config: Config, pipeline: Pipeline) -> None:
+        source = config.source
+        assert source.queue_url is not None  # the config validator ensures it
+        self._client = client
+        self._queue_url = source.queue_url
+        self._pipeline = pipeline
+        self._root = source.directory
+        self._wait_time = source.wait_time_seconds
+        self._visibility = source.visibility_timeout_seconds
+        self._retry_later = min(int(config.retry.retry_later_seconds), 43200)
+        self._concurrency = config.transfer.concurrency
+        self._in_hand = 0
+        self._slot_freed = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._deleter = _Deleter(client, self._queue_url)
+        self.rejected = 0
+
+    # ------------------------------------------------------------ receiving
+    async def run(self) -> None:
+        """Receive and hand out messages until cancelled."""
+        while True:
+            messages = await self._receive(await self._free_slots())
+            for message in messages:
+                self._in_hand += 1
+                task = asyncio.create_task(self._handle(message))
+                self._handlers.add(task)
+                task.add_done_callback(self._handler_done)
+
+    async def _free_slots(self) -> int:
+        """Wait for room for one more message; return how many may be asked for."""
+        while self._in_hand >= self._concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        return min(MAX_BATCH, self._concurrency - self._in_hand)
+
+    async def _receive(self, count: int) -> list[dict[str, Any]]:
+        try:
+            response = await self._client.receive_message(
+                QueueUrl=self._queue_url, MaxNumberOfMessages=count,
+                WaitTimeSeconds=self._wait_time, VisibilityTimeout=self._visibility,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep serving; the log says why
+            log.error("receiving from %s failed: %s", self._queue_url, exc)
+            await asyncio.sleep(IDLE_BACKOFF_SECONDS)
+            return []
+        return response.get("Messages", [])
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        self._in_hand -= 1
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handling a message failed: %r", task.exception())
+
+    # ------------------------------------------------------------- handling
+    async def _handle(self, message: dict[str, Any]) -> None:
+        receipt = message["ReceiptHandle"]
+        try:
+            job = parse_message(message.get("Body", ""), root=self._root)
+        except MessageError as exc:
+            log.error("rejected message %s: %s; it goes to the dead-letter queue after the "
+                      "queue's maxReceiveCount", message.get("MessageId"), exc)
+            await self._release(receipt, delay=0)
+            self.rejected += 1
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(receipt))
+        try:
+            outcome = await self._pipeline.process(job.path, job.relative, job.metadata)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        await self._settle(receipt, outcome, job)
+
+    async def _settle(self, receipt: str, outcome: Outcome, job: QueueJob) -> None:
+        if outcome in (Outcome.UPLOADED, Outcome.ALREADY_UPLOADED):
+            self._deleter.delete(receipt)
+        elif outcome is Outcome.DEFERRED:
+            await self._release(receipt, delay=self._retry_later)
+        elif outcome is Outcome.CHANGED:
+            await self._release(receipt, delay=CHANGED_RETRY_SECONDS)
+        else:  # FAILED or SKIPPED: the journal and the log have the reason
+            log.error("message for %s not handled (%s); it goes to the dead-letter queue "
+                      "after the queue's maxReceiveCount", job.path, outcome.value,
+                      extra={"file": str(job.path)})
+            await self._release(receipt, delay=0)
+            self.rejected += 1
+
+    async def _heartbeat(self, receipt: str) -> None:
+        while True:
+            await asyncio.sleep(self._visibility / 3)
+            try:
+                await self._client.change_message_visibility(
+                    QueueUrl=self._queue_url, ReceiptHandle=receipt,
+                    VisibilityTimeout=self._visibility)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the upload goes on; S3 is checked first
+                log.warning("could not extend a message's visibility: %s", exc)
+
+    async def _release(self, receipt: str, *, delay: int) -> None:
+        try:
+            await self._client.change_message_visibility(
+                QueueUrl=self._queue_url, ReceiptHandle=receipt, VisibilityTimeout=delay)
+        except Exception as exc:  # noqa: BLE001 - it comes back after its timeout anyway
+            log.warning("could not hand a message back to the queue: %s", exc)
+
+    # ------------------------------------------------------------- stopping
+    async def stop(self, *, grace_seconds: float) -> None:
+        """Wait for messages in hand; after the grace period cancel them (they reappear)."""
+        if self._handlers:
+            log.info("waiting up to %.0fs for %d message(s) in hand", grace_seconds,
+                     len(self._handlers))
+            _, pending = await asyncio.wait(set(self._handlers), timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._deleter.close()
