@@ -135,11 +135,11 @@ def daemon_factory(tmp_path: Path, s3_server: Any) -> Iterator[Callable[..., Dae
     daemons: list[Daemon] = []
 
     def start(config_path: Path, *, env: dict[str, str] | None = None,
-              honour_permissions: bool = False) -> Daemon:
+              honour_permissions: bool = False, subcommand: str = "run") -> Daemon:
         log_path = tmp_path / f"daemon-{len(daemons)}.log"
         full_env = {**os.environ, **s3_server.env(), **(env or {})}
         with log_path.open("wb") as log_file:
-            command = [UPLOADER, "run", "--config", str(config_path)]
+            command = [UPLOADER, subcommand, "--config", str(config_path)]
             if honour_permissions and os.geteuid() == 0:
                 command = [*ROOT_WITHOUT_READ_OVERRIDE, *command]
             process = subprocess.Popen(command, env=full_env, stdout=log_file,

@@ -31,7 +31,7 @@ def test_status_shows_counts_uploads_in_progress_and_failures(daemon_config, tmp
     result = run_cli("status", "--config", str(config))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "files: pending 1, uploading 1, uploaded 3, failed 1, skipped 0" in lines
+    assert "files: pending 1, uploading 1, uploaded 3, failed 1, skipped 0, enqueued 0" in lines
     assert "in progress: /data/big -> big: 2/3 parts" in lines
     assert "waiting to retry: /data/later: PUT s3://b/later: connection failed" in lines
     assert "failed: /data/bad: PUT s3://b/bad: AccessDenied (HTTP 403)" in lines

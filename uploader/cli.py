@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("paths", nargs="+", metavar="PATH... s3://BUCKET[/PREFIX]")
     upload.set_defaults(handler=_cmd_upload)
 
+    enqueue = commands.add_parser(
+        "enqueue", help="watch source.directory and publish each settled file to "
+        "source.queue_url for a fleet of `uploader run` (source.type: sqs) to upload")
+    enqueue.add_argument("--config", required=True, type=Path, help="the YAML configuration")
+    enqueue.set_defaults(handler=_cmd_enqueue)
+
     check = commands.add_parser("check-config", help="validate a configuration and explain it")
     check.add_argument("config", type=Path)
     check.set_defaults(handler=_cmd_check_config)
@@ -79,6 +85,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(level=config.logging.level, fmt=config.logging.format)
     return _run_async(lambda: run_daemon(config))
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from uploader.daemon import stop_event
+    from uploader.enqueue import run_enqueue
+
+    config = load_config(args.config)
+    setup_logging(level=config.logging.level, fmt=config.logging.format)
+
+    async def main() -> int:
+        return await run_enqueue(config, stop_event())
+
+    return _run_async(main)
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:

@@ -34,8 +34,7 @@ async def run_daemon(config: Config) -> int:
         root = config.source.directory
         if root is None or not root.is_dir():
             raise ConfigError(f"source.directory: {root} is not an existing directory")
-    stop = asyncio.Event()
-    _install_signal_handlers(stop)
+    stop = stop_event()
     journal = Journal.in_state_dir(config.state_dir)
     try:
         async with services(config, journal=journal) as svc, _source(config, svc) as source:
@@ -115,10 +114,13 @@ async def _source(config: Config, svc: Services) -> AsyncIterator[_DirectoryRun 
         yield _QueueRun(config, svc, client)
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call inside the running loop)."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 async def _reap(task: asyncio.Task[None]) -> None:

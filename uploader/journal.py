@@ -70,7 +70,8 @@ UPLOADING = "uploading"
 UPLOADED = "uploaded"
 FAILED = "failed"
 SKIPPED = "skipped"
-STATES = (PENDING, UPLOADING, UPLOADED, FAILED, SKIPPED)
+ENQUEUED = "enqueued"  # `uploader enqueue`: published to the queue for the fleet
+STATES = (PENDING, UPLOADING, UPLOADED, FAILED, SKIPPED, ENQUEUED)
 
 
 @dataclass(frozen=True)

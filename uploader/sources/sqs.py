@@ -156,6 +156,27 @@ class _Deleter:
         await self._flush(delay=0)
 
 
+class _PathLocks:
+    """One lock per path while someone holds it (no unbounded growth)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Path, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, path: Path) -> AsyncIterator[None]:
+        lock, users = self._locks.get(path, (asyncio.Lock(), 0))
+        self._locks[path] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[path]
+            if users == 1:
+                del self._locks[path]
+            else:
+                self._locks[path] = (lock, users - 1)
+
+
 class SqsSource:
     def __init__(self, *, client: Any, config: Config, pipeline: Pipeline) -> None:
         source = config.source
@@ -172,6 +193,7 @@ class SqsSource:
         self._slot_freed = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._deleter = _Deleter(client, self._queue_url)
+        self._path_locks = _PathLocks()
         self.rejected = 0
 
     # ------------------------------------------------------------ receiving
@@ -226,7 +248,10 @@ class SqsSource:
             return
         heartbeat = asyncio.create_task(self._heartbeat(receipt))
         try:
-            outcome = await self._pipeline.process(job.path, job.relative, job.metadata)
+            # Duplicates received together wait for each other: the second then
+            # finds the file done (journal) instead of racing the first to S3.
+            async with self._path_locks.hold(job.path):
+                outcome = await self._pipeline.process(job.path, job.relative, job.metadata)
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)

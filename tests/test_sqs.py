@@ -1,0 +1,229 @@
+"""A fleet of `uploader run` processes draining one SQS queue, exactly once.
+
+SQS is moto's server (the real SQS API over HTTP); S3 is SeaweedFS behind the
+fault proxy, which counts every completed upload per key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from daemon_harness import daemon_config, daemon_factory, run_cli, wait_until  # noqa: F401
+from daemon_harness import journal_rows, keys_in, object_bytes
+from fault_proxy import FaultProxy
+from uploader.sources.sqs import MessageError, parse_message
+
+MiB = 1024 * 1024
+
+
+# ----------------------------------------------------------------- messages
+def test_messages_are_parsed_and_bad_ones_named():
+    job = parse_message(json.dumps({"path": "/share/a/b.csv", "metadata": {"team": "x"}}),
+                        root=Path("/share"))
+    assert (job.path, job.relative, job.metadata) == (Path("/share/a/b.csv"), "a/b.csv",
+                                                       {"team": "x"})
+    assert parse_message('{"path": "/elsewhere/c.txt"}', root=Path("/share")).relative == "c.txt"
+    assert parse_message('{"path": "/x/c.txt", "key": "k/n.txt"}', root=None).relative == "k/n.txt"
+    for body, reason in [("not json", "not JSON"), ("[1]", "expected a JSON object"),
+                         ("{}", '"path" is missing'), ('{"path": "rel/x"}', "must be absolute"),
+                         ('{"path": "/x", "key": ""}', '"key" must be'),
+                         ('{"path": "/x", "metadata": {"a": 1}}', '"metadata" must be'),
+                         ('{"path": "/x", "colour": "red"}', "unknown field")]:
+        with pytest.raises(MessageError, match=reason):
+            parse_message(body, root=None)
+
+
+# ----------------------------------------------------------------- fixtures
+class Queue:
+    def __init__(self, sqs, *, max_receive_count: int = 5) -> None:
+        self.sqs = sqs
+        name = f"q-{uuid.uuid4().hex[:10]}"
+        self.dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
+        self.url = sqs.create_queue(QueueName=name, Attributes={
+            "RedrivePolicy": json.dumps(redrive), "VisibilityTimeout": "30"})["QueueUrl"]
+
+    def send(self, bodies: list[str]) -> None:
+        for start in range(0, len(bodies), 10):
+            entries = [{"Id": str(i), "MessageBody": body}
+                       for i, body in enumerate(bodies[start:start + 10])]
+            self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+
+    def depth(self, url: str | None = None) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=url or self.url, AttributeNames=["ApproximateNumberOfMessages",
+                                                      "ApproximateNumberOfMessagesNotVisible"])
+        return sum(int(v) for v in attributes["Attributes"].values())
+
+
+@pytest.fixture
+def queue(moto_server):
+    return Queue(moto_server.client("sqs"), max_receive_count=2)
+
+
+@pytest.fixture
+def sqs_config(daemon_config, moto_server, fault_proxy, queue, tmp_path):
+    (tmp_path / "outbox").mkdir(exist_ok=True)  # the shared filesystem's root
+
+    def make(**source):
+        return daemon_config(
+            s3={"endpoint_url": fault_proxy.url},
+            source={"type": "sqs", "queue_url": queue.url,
+                    "endpoint_url": moto_server.endpoint_url, "wait_time_seconds": 1,
+                    "visibility_timeout_seconds": 5, **source},
+            retry={"retry_later_seconds": 2})
+    return make
+
+
+def share_files(root: Path, count: int) -> dict[Path, bytes]:
+    files = {}
+    for i in range(count):
+        path = root / f"batch-{i % 7}" / f"file-{i:04d}.dat"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = os.urandom(64 + i % 500)
+        path.write_bytes(data)
+        files[path] = data
+    return files
+
+
+# -------------------------------------------------------------------- fleet
+@pytest.mark.timeout(240)
+def test_three_uploaders_drain_a_queue_exactly_once_despite_a_sigkill(
+        sqs_config, daemon_factory, queue, fault_proxy, s3, bucket, tmp_path):
+    root = tmp_path / "outbox"  # the "shared filesystem": source.directory
+    files = share_files(root, 1000)
+    queue.send([json.dumps({"path": str(path)}) for path in files])
+    config = sqs_config()
+    fleet = [daemon_factory(config) for _ in range(3)]
+
+    fault_proxy.wait_for(300, timeout=120, where=lambda r: r.is_put_object and r.ok)
+    fleet[0].process.kill()  # its messages in hand reappear after the visibility timeout
+    fleet[0].process.wait(timeout=30)
+
+    expected = {f"incoming/{path.relative_to(root).as_posix()}": data
+                for path, data in files.items()}
+    wait_until(lambda: keys_in(s3, bucket) >= set(expected), timeout=150,
+               what="every file from the queue")
+    wait_until(lambda: queue.depth() == 0, timeout=60, what="the queue to be empty")
+    for daemon in fleet[1:]:
+        assert daemon.terminate() == 0
+
+    assert keys_in(s3, bucket) == set(expected)
+    twice = {k: n for k in expected if (n := fault_proxy.completed_uploads(k)) != 1}
+    assert not twice, f"uploaded other than exactly once: {twice}"
+    for key, data in expected.items():
+        assert object_bytes(s3, bucket, key) == data, key
+    assert queue.depth(queue.dlq_url) == 0
+    shared = [d for d in fleet[1:] if "uploaded" in d.log()]
+    assert len(shared) == 2, "both surviving uploaders took part"
+
+
+def test_poison_messages_end_in_the_dead_letter_queue_without_stalling(
+        sqs_config, daemon_factory, queue, s3, bucket, tmp_path):
+    good = tmp_path / "outbox" / "good.txt"
+    good.write_bytes(b"fine")
+    queue.send(["this is not json", json.dumps({"path": str(tmp_path / "outbox" / "gone.txt")}),
+                json.dumps({"path": str(good)})])
+    daemon = daemon_factory(sqs_config())
+    wait_until(lambda: queue.depth(queue.dlq_url) == 2, timeout=60,
+               what="both poison messages in the dead-letter queue")
+    wait_until(lambda: queue.depth() == 0, what="the good message handled")
+    assert daemon.terminate() == 0
+    assert object_bytes(s3, bucket, "incoming/good.txt") == b"fine"
+    log = daemon.log()
+    assert "rejected message" in log and "not JSON" in log
+    assert "gone.txt" in log and "dead-letter queue" in log
+
+
+def test_a_duplicate_message_does_not_upload_twice(sqs_config, daemon_factory, queue,
+                                                   fault_proxy, s3, bucket, tmp_path):
+    path = tmp_path / "outbox" / "once.bin"
+    path.write_bytes(os.urandom(1000))
+    body = json.dumps({"path": str(path), "metadata": {"origin": "test"}})
+    queue.send([body, body])
+    daemon = daemon_factory(sqs_config())
+    wait_until(lambda: queue.depth() == 0, what="both messages handled")
+    assert daemon.terminate() == 0
+    # Later, a third copy reaches a fresh instance with its own empty journal.
+    queue.send([body])
+    other = daemon_factory(sqs_config(), env={"UPLOADER_STATE_DIR": str(tmp_path / "state-2")})
+    wait_until(lambda: queue.depth() == 0, what="the late duplicate handled")
+    assert other.terminate() == 0
+    assert fault_proxy.completed_uploads("incoming/once.bin") == 1
+    head = s3.head_object(Bucket=bucket, Key="incoming/once.bin")
+    assert head["Metadata"]["origin"] == "test"
+    assert "already in S3" in other.log()
+
+
+def test_a_long_upload_keeps_its_message_with_heartbeats(
+        sqs_config, daemon_factory, queue, fault_proxy, moto_server, s3, bucket, tmp_path):
+    """Visibility 5 s; the upload takes longer. Without heartbeats a second uploader
+    would receive the message and the file would be handled twice."""
+    sqs_proxy = FaultProxy(moto_server.endpoint_url).start()
+    try:
+        path = tmp_path / "outbox" / "slow.bin"
+        data = os.urandom(3 * 5 * MiB)
+        path.write_bytes(data)
+        fault_proxy.latency = 2.5  # each of 3 parts (one at a time) + create + complete
+        config = sqs_config(endpoint_url=sqs_proxy.url)
+        first = daemon_factory(config, env={"UPLOADER_TRANSFER__MAX_PARTS_IN_FLIGHT": "1"})
+        queue.send([json.dumps({"path": str(path)})])
+        fault_proxy.wait_for(1, timeout=30, method="POST", query_has="uploads")
+        second = daemon_factory(config, env={"UPLOADER_STATE_DIR": str(tmp_path / "state-2")})
+        wait_until(lambda: queue.depth() == 0, timeout=90, what="the message handled")
+        for daemon in (first, second):
+            assert daemon.terminate() == 0
+        heartbeats = sqs_proxy.count(where=lambda r: r.headers.get("x-amz-target", "").endswith(
+            "ChangeMessageVisibility"))
+    finally:
+        sqs_proxy.stop()
+    assert heartbeats >= 2
+    assert fault_proxy.completed_uploads("incoming/slow.bin") == 1
+    assert fault_proxy.count(method="POST", query_has="uploads") == 1, "one multipart upload"
+    assert "slow.bin" not in second.log()
+    assert object_bytes(s3, bucket, "incoming/slow.bin") == data
+
+
+# ------------------------------------------------------------------ enqueue
+def test_enqueue_publishes_settled_files_once(daemon_config, daemon_factory, moto_server,
+                                              queue, tmp_path):
+    config = daemon_config(source={"queue_url": queue.url,
+                                   "endpoint_url": moto_server.endpoint_url})
+    outbox = tmp_path / "outbox"
+    (outbox / "sub").mkdir()
+    (outbox / "a.txt").write_bytes(b"a")
+    (outbox / "sub" / "b.txt").write_bytes(b"b")
+    (outbox / ".hidden").write_bytes(b"never")
+
+    enqueuer = daemon_factory(config, subcommand="enqueue", env=moto_server.env())
+    wait_until(lambda: queue.depth() == 2, what="two messages")
+    assert enqueuer.terminate() == 0
+    rows = journal_rows(tmp_path / "state")
+    assert {status for status, _, _ in rows.values()} == {"enqueued"}
+
+    (outbox / "c.txt").write_bytes(b"c")
+    enqueuer = daemon_factory(config, subcommand="enqueue", env=moto_server.env())
+    enqueuer.wait_for_log("enqueued")
+    wait_until(lambda: queue.depth() == 3, what="the new file enqueued")
+    assert enqueuer.terminate() == 0
+    bodies = []
+    while messages := queue.sqs.receive_message(QueueUrl=queue.url, MaxNumberOfMessages=10,
+                                                WaitTimeSeconds=0).get("Messages"):
+        bodies += [json.loads(m["Body"]) for m in messages]
+    assert sorted(b["key"] for b in bodies) == ["a.txt", "c.txt", "sub/b.txt"]
+    assert {b["path"] for b in bodies} == {str(outbox / k) for k in ("a.txt", "c.txt",
+                                                                     "sub/b.txt")}
+
+
+def test_a_queue_that_does_not_exist_is_a_configuration_error(sqs_config, moto_server):
+    config = sqs_config(queue_url=f"{moto_server.endpoint_url}/123456789012/no-such-queue")
+    result = run_cli("run", "--config", str(config), env=moto_server.env())
+    assert result.returncode == 2
+    assert "source.queue_url" in result.stderr and "no-such-queue" in result.stderr
