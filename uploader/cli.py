@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"uploader {version('uploader')}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="watch source.directory and upload until stopped")
+    run = commands.add_parser(
+        "run", help="the daemon: watch source.directory (or drain source.queue_url) and "
+        "upload until stopped")
     run.add_argument("--config", required=True, type=Path, help="the YAML configuration")
     run.set_defaults(handler=_cmd_run)
 
