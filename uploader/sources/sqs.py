@@ -3,8 +3,9 @@
 Each message names a file on a shared filesystem (EFS, NFS) as JSON:
 `{"path": "/mnt/share/a.csv", "key": "optional/name.csv", "metadata": {...}}`.
 
-- Long polling, batches of up to 10, never more messages held than
-  `transfer.concurrency` (the rest stay in the queue for other instances).
+- Long polling, batches of up to 10 from several receive loops at once, never
+  more messages held than `transfer.concurrency` (the rest stay in the queue
+  for other instances).
 - While a message's upload runs, its visibility timeout is extended every
   third of the timeout (heartbeat), so a long multipart upload keeps it.
 - The message is deleted (in batches) only after the object is verified in S3.
@@ -198,21 +199,41 @@ class SqsSource:
 
     # ------------------------------------------------------------ receiving
     async def run(self) -> None:
-        """Receive and hand out messages until cancelled."""
+        """Receive and hand out messages until cancelled.
+
+        Several receive loops run at once (one per 10 messages of concurrency):
+        a receive takes a round trip, and one loop alone would cap the rate at
+        10 messages per round trip.
+        """
+        loops = max(1, -(-self._concurrency // MAX_BATCH))
+        await asyncio.gather(*(self._receive_loop() for _ in range(loops)))
+
+    async def _receive_loop(self) -> None:
         while True:
-            messages = await self._receive(await self._free_slots())
+            wanted = await self._reserve_slots()
+            messages: list[dict[str, Any]] = []
+            try:
+                messages = await self._receive(wanted)
+            finally:
+                self._free_slots(wanted - len(messages))
             for message in messages:
-                self._in_hand += 1
                 task = asyncio.create_task(self._handle(message))
                 self._handlers.add(task)
                 task.add_done_callback(self._handler_done)
 
-    async def _free_slots(self) -> int:
-        """Wait for room for one more message; return how many may be asked for."""
+    async def _reserve_slots(self) -> int:
+        """Wait for room for one more message; reserve room for up to a batch."""
         while self._in_hand >= self._concurrency:
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        return min(MAX_BATCH, self._concurrency - self._in_hand)
+        wanted = min(MAX_BATCH, self._concurrency - self._in_hand)
+        self._in_hand += wanted
+        return wanted
+
+    def _free_slots(self, count: int) -> None:
+        if count:
+            self._in_hand -= count
+            self._slot_freed.set()
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         try:
@@ -230,8 +251,7 @@ class SqsSource:
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         self._handlers.discard(task)
-        self._in_hand -= 1
-        self._slot_freed.set()
+        self._free_slots(1)
         if not task.cancelled() and task.exception() is not None:
             log.error("handling a message failed: %r", task.exception())
 
