@@ -85,6 +85,7 @@ def write_config(path: Path, *, bucket: str, proxy: FaultProxy, region: str, roo
                "region": region, "addressing_style": "path"},
         "transfer": {"concurrency": 32},
         "janitor": {"enabled": False},
+        "metrics": {"listen": "127.0.0.1:0"},  # a free port each: several run side by side
         "state_dir": str(state_dir),
         "logging": {"level": "WARNING"},
     }))

@@ -116,6 +116,8 @@ def daemon_config(tmp_path: Path, s3_server: Any, bucket: str) -> Callable[..., 
             "retry": {"max_attempts": 3, "backoff_base_seconds": 0.05},
             "state_dir": str(tmp_path / "state"),
             "shutdown_grace_seconds": 10,
+            # Port 0: a free port each (logged); several daemons may run at once.
+            "metrics": {"listen": "127.0.0.1:0"},
         }
         for section, values in overrides.items():
             if isinstance(values, dict) and isinstance(config.get(section), dict):

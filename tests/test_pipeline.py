@@ -109,3 +109,21 @@ async def test_multipart_parts_are_journaled_and_resumed(tmp_path, s3_server, s3
     journal.close()
     assert s3.get_object(Bucket=bucket, Key="resume.bin")["Body"].read() == data
     assert s3.head_object(Bucket=bucket, Key="resume.bin")["ETag"].endswith('-3"')
+
+
+async def test_concurrent_workers_share_one_bucket_check(tmp_path, s3_server, s3_env, bucket,
+                                                         fault_proxy):
+    import asyncio
+
+    from uploader.bucket_check import BucketCheck
+    from uploader.retry import RetryPolicy
+    from uploader.s3client import open_s3_client
+
+    config = make_config(tmp_path, s3_server, bucket)
+    config.s3.endpoint_url = fault_proxy.url
+    async with open_s3_client(config) as client:
+        check = BucketCheck(client=client, bucket=bucket,
+                            retry=RetryPolicy(max_attempts=2, base_seconds=0.01, cap_seconds=0.1))
+        await asyncio.gather(*(check.ensure_exists() for _ in range(32)))
+        await check.ensure_exists()
+    assert fault_proxy.count(method="HEAD", path_prefix=f"/{bucket}") == 1

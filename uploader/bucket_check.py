@@ -9,6 +9,7 @@ uploads: the PUT itself then gives the real answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
@@ -27,15 +28,24 @@ class BucketCheck:
         self._clock = clock
         self._checked_at: float | None = None
         self._missing: PermanentError | None = None
+        self._asking: asyncio.Future[PermanentError | None] | None = None
 
     async def ensure_exists(self) -> None:
         """Raise PermanentError(NoSuchBucket) if the bucket is known not to exist."""
         now = self._clock()
         if self._checked_at is None or now - self._checked_at >= self.recheck_seconds:
-            self._missing = await self._ask()
-            self._checked_at = now
+            if self._asking is None:  # one HeadBucket for every caller waiting on it
+                self._asking = asyncio.ensure_future(self._ask())
+                self._asking.add_done_callback(self._answered)
+            await asyncio.shield(self._asking)
         if self._missing is not None:
             raise self._missing
+
+    def _answered(self, asking: asyncio.Future[PermanentError | None]) -> None:
+        self._asking = None
+        if not asking.cancelled() and asking.exception() is None:
+            self._missing = asking.result()
+            self._checked_at = self._clock()
 
     async def _ask(self) -> PermanentError | None:
         try:

@@ -136,7 +136,18 @@ class TransferConfig(Section):
         16, ge=1, le=1024, description="Files uploaded at the same time.")
     max_parts_in_flight: int = Field(
         8, ge=1, le=1024, description="Multipart parts sent at the same time, over all files; "
-        "each holds one part in memory.")
+        "each holds one part in memory (within `max_memory`).")
+    max_memory: Size = Field(
+        256 * 1024**2, ge=1024**2, description="File bytes held in memory at once over all "
+        "uploads: PUT bodies and multipart parts being read or sent. Parts and files wait "
+        "for room, so memory stays bounded whatever the file sizes; a single part (or PUT) "
+        "larger than this is sent alone.")
+    data_path: Literal["aiohttp", "botocore"] = Field(
+        "aiohttp", description="How object bytes are sent (PutObject, UploadPart). `aiohttp`: "
+        "a lean HTTP path signed by botocore's own SigV4 signer with the same credentials "
+        "chain, several times less CPU per request. `botocore`: everything through aioboto3 "
+        "(a fallback). Control requests (multipart create/complete/abort, listings, HEAD) "
+        "always use aioboto3.")
     checksum: Literal["md5", "crc32", "crc32c", "sha256", "none"] = Field(
         "md5", description="Integrity check sent with every PUT and part so the server rejects "
         "corrupted bytes. `md5` (Content-MD5) works on AWS and every S3-compatible server; "
@@ -154,7 +165,7 @@ class KeysConfig(Section):
         "object's metadata (`x-amz-meta-source-path`). `none`: the key is `prefix` + path.")
     partitions: int = Field(
         16, ge=1, le=4096, description="With `spread: hash`: how many leading segments. "
-        "Segment = the first 4 hex digits of SHA-256(relative path) as a number, modulo "
+        "Segment = the first 8 hex digits of SHA-256(relative path) as a number, modulo "
         "`partitions`, written as lower-case hex padded to the width of `partitions - 1`.")
 
 
@@ -217,6 +228,25 @@ class LoggingConfig(Section):
         "INFO", description="Log level.")
     format: Literal["text", "json"] = Field(
         "text", description="`json`: one JSON object per line (for containers); `text`: for people.")
+    library_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the AWS SDK's and HTTP libraries' own logs (botocore, "
+        "aiobotocore, aiohttp), never more verbose than `level`; `DEBUG` shows every request. "
+        "Credentials, signatures and presigned URLs are redacted from every log line.")
+
+
+class MetricsConfig(Section):
+    enabled: bool = Field(
+        True, description="Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and "
+        "readiness (`/readyz`: the bucket answers HeadBucket with these credentials and the "
+        "journal is writable) over HTTP on `listen`. `uploader health` asks `/readyz`.")
+    listen: str = Field(
+        "127.0.0.1:9100", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):[0-9]{1,5}$",
+        description="`host:port` to serve on; `0.0.0.0:9100` for every interface (in a "
+        "container). Port `0` picks a free port (logged at start).")
+    top_partitions: int = Field(
+        10, ge=1, le=1000, description="The limiter's rate is exported per S3 partition for "
+        "this many partitions (the most throttled first); the rest are summed under "
+        "`partition=\"other\"`, so the number of series stays bounded.")
 
 
 class Config(Section):
@@ -244,6 +274,8 @@ class Config(Section):
         30.0, ge=0, description="On SIGTERM/SIGINT, in-flight uploads get this long to finish; "
         "then they are parked (multipart uploads resume at the next start).")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Metrics, health and readiness over HTTP.")
 
     @model_validator(mode="after")
     def _move_needs_target(self) -> "Config":

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from uploader.config import Config
@@ -21,6 +22,7 @@ from uploader.errors import ConfigError
 from uploader.filters import FileFilter
 from uploader.janitor import Janitor
 from uploader.journal import Journal
+from uploader.operations import operations
 from uploader.sources.directory import DirectorySource
 from uploader.sources.sqs import SqsSource, check_queue, open_sqs_client
 from uploader.sources.walk import TreeWalker
@@ -29,7 +31,8 @@ from uploader.wiring import Services, services
 log = logging.getLogger(__name__)
 
 
-async def run_daemon(config: Config) -> int:
+async def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
+    """`config_path`: where SIGHUP re-reads the configuration (None: no reload)."""
     if config.source.type == "directory":
         root = config.source.directory
         if root is None or not root.is_dir():
@@ -37,7 +40,9 @@ async def run_daemon(config: Config) -> int:
     stop = stop_event()
     journal = Journal.in_state_dir(config.state_dir)
     try:
-        async with services(config, journal=journal) as svc, _source(config, svc) as source:
+        async with services(config, journal=journal) as svc, _source(config, svc) as source, \
+                operations(config, svc=svc, watcher=getattr(source, "watcher", None),
+                           config_path=config_path):
             background = [asyncio.create_task(source.run(), name="source")]
             if config.janitor.enabled:
                 background.append(asyncio.create_task(_janitor(config, svc).run(

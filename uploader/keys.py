@@ -8,7 +8,7 @@ has to split first. The segment is reproducible from the path alone:
     n       = int(sha256(relative_path as UTF-8).hexdigest()[:8], 16) % partitions
     segment = format(n, "x").zfill(len(format(partitions - 1, "x"))) + "/"
 
-e.g. with 16 partitions `logs/a.txt` -> `incoming/` + `c/` + `logs/a.txt`.
+e.g. with 16 partitions `logs/a.txt` -> `incoming/` + `5/` + `logs/a.txt`.
 The original relative path is stored, percent-encoded (metadata travels in
 HTTP headers, which must be ASCII), in the object's metadata
 (`x-amz-meta-source-path`), so nothing depends on reversing the hash.

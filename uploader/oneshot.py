@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from uploader.config import Config
 from uploader.errors import ConfigError
 from uploader.filters import FileFilter
 from uploader.journal import Journal
 from uploader.pipeline import Outcome, Totals
+from uploader.progress import track_progress
 from uploader.sources.walk import TreeWalker
 from uploader.transfer.multipart import abort_upload
 from uploader.wiring import Services, services
@@ -45,23 +47,28 @@ class Summary:
         c = self.totals.counts
         mib = self.totals.bytes_uploaded / 1024**2
         rate = mib / self.seconds if self.seconds > 0 else 0.0
-        return (f"uploaded {c[Outcome.UPLOADED]} files ({mib:.1f} MiB, {rate:.1f} MiB/s) in "
+        files_rate = c[Outcome.UPLOADED] / self.seconds if self.seconds > 0 else 0.0
+        return (f"uploaded {c[Outcome.UPLOADED]} files ({mib:.1f} MiB, {rate:.1f} MiB/s, "
+                f"{files_rate:.1f} files/s) in "
                 f"{self.seconds:.1f}s; {c[Outcome.ALREADY_UPLOADED]} already there, "
                 f"{self.failed} failed, {c[Outcome.SKIPPED] + c[Outcome.CHANGED]} "
                 f"skipped; {self.retries} retries, {self.throttles} throttled")
 
 
-async def run_oneshot(config: Config, paths: list[Path]) -> Summary:
+async def run_oneshot(config: Config, paths: list[Path], *,
+                      progress: IO[str] | None = None) -> Summary:
+    """`progress`: where to show progress (a bar on a terminal, lines elsewhere), or None."""
     for path in paths:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or directory")
     started = time.monotonic()
     journal = Journal(":memory:")  # a one-shot run keeps no state between runs
     try:
-        async with services(config, journal=journal) as svc:
+        async with services(config, journal=journal) as svc, track_progress(
+                svc.pipeline, paths=paths, config=config, stream=progress) as tracker:
             svc.pool.start()
             for path in paths:
-                await _submit_tree(path, config=config, submit=svc.pool.submit)
+                await _submit_tree(path, config=config, submit=tracker.submit(svc.pool.submit))
             await svc.pool.join()
             await svc.pool.stop(grace_seconds=0)
             await _abort_parked(svc)

@@ -6,14 +6,19 @@ written to the journal and the log, so one bad file cannot stop the others.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import enum
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
 from uploader.bucket_check import BucketCheck
 from uploader.errors import (
+    PermanentError,
     SourceChanged,
     SourceError,
     SourceVanished,
@@ -23,11 +28,12 @@ from uploader.errors import (
 )
 from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
 from uploader.keys import KeyNamer
+from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, stat_signature
 from uploader.transfer.multipart import upload_multipart
 from uploader.transfer.put import put_file
-from uploader.verify import confirm_object, matching_object_exists
+from uploader.verify import confirm_object, look_for_object, matching_object_exists
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +54,21 @@ class Totals:
     counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
     bytes_uploaded: int = 0
     parts_sent: int = 0
+    # Files failed or deferred, by reason: S3's error code or the error's type.
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def failed_because(self, exc: BaseException) -> None:
+        self.failures[getattr(exc, "code", None) or type(exc).__name__] += 1
 
     def add(self, outcome: Outcome, result: UploadResult | None = None) -> None:
         self.counts[outcome] += 1
         if result is not None and outcome is Outcome.UPLOADED:
             self.bytes_uploaded += result.size
             self.parts_sent += result.parts_sent
+
+
+#: Told about every file processed: (path, outcome, result, seconds it took).
+OutcomeListener = Callable[[Path, Outcome, "UploadResult | None", float], None]
 
 
 @dataclass
@@ -77,6 +92,7 @@ class Pipeline:
         self.bucket_check = bucket_check
         self.totals = Totals()
         self.started_at = time.time()
+        self.listeners: list[OutcomeListener] = []  # metrics, progress
 
     async def process(self, path: Path, relative: str,
                       metadata: dict[str, str] | None = None) -> Outcome:
@@ -84,8 +100,15 @@ class Pipeline:
 
         `metadata`: extra user metadata for this object (e.g. from a queue message).
         """
-        outcome, result = await self._process(path, relative, metadata or {})
+        started = time.monotonic()
+        context = bind_log_context(file=str(path), key=self.keys.key(relative))
+        try:
+            outcome, result = await self._process(path, relative, metadata or {})
+        finally:
+            unbind_log_context(context)
         self.totals.add(outcome, result)
+        for listener in self.listeners:
+            listener(path, outcome, result, time.monotonic() - started)
         return outcome
 
     async def _process(self, path: Path, relative: str,
@@ -97,6 +120,7 @@ class Pipeline:
             self._record_skip(path, key, reason=str(exc))
             return Outcome.SKIPPED, None
         except SourceError as exc:
+            self.totals.failed_because(exc)
             self._record(path, key, size=0, mtime_ns=0, status=FAILED, error=str(exc))
             log.error("%s", exc, extra={"file": str(path), "key": key})
             return Outcome.FAILED, None
@@ -140,11 +164,13 @@ class Pipeline:
             log.warning("upload deferred: %s", exc,
                         extra={**extra, "error_code": exc.code})
             self._record_job(job, PENDING, error=str(exc))
+            self.totals.failed_because(exc)
             return Outcome.DEFERRED, None
         except (TransferError, SourceError, VerificationError) as exc:
             log.error("upload failed: %s", exc,
                       extra={**extra, "error_code": getattr(exc, "code", None)})
             self._record_job(job, FAILED, error=str(exc))
+            self.totals.failed_because(exc)
             return Outcome.FAILED, None
         self._record_job(job, UPLOADED, etag=result.etag)
         log.info("uploaded %s to s3://%s/%s (%d bytes)", job.path, self.ctx.bucket, job.key,
@@ -160,7 +186,9 @@ class Pipeline:
         if look_first and self.journal.find_upload(str(job.path)) is None:
             # A previous run (or another instance) may have finished the upload
             # without this journal knowing.
-            existing = await matching_object_exists(self.ctx, job)
+            exists, existing = await look_for_object(self.ctx, job)
+            if not exists and self.shared_work:
+                job = dataclasses.replace(job, create_only=True)  # lose a race, never win twice
             if existing is not None:
                 log.info("%s is already in S3 (an earlier run or another instance); "
                          "not sending it again",
@@ -170,9 +198,25 @@ class Pipeline:
         # On disk before anything is sent: after a crash, `uploading` is what
         # makes the restart look in S3 before sending the file again.
         await self.journal.durable()
-        if job.size >= self.ctx.multipart_threshold:
-            return await upload_multipart(self.ctx, job)
-        return await put_file(self.ctx, job)
+        try:
+            if job.size >= self.ctx.multipart_threshold:
+                return await upload_multipart(self.ctx, job)
+            return await put_file(self.ctx, job)
+        except PermanentError as exc:
+            if not (job.create_only and exc.code == "PreconditionFailed"):
+                raise
+            return await self._lost_the_race(job)
+
+    async def _lost_the_race(self, job: FileJob) -> UploadResult:
+        """Another instance created the key between our HEAD and our write."""
+        existing = await matching_object_exists(self.ctx, job)
+        if existing is not None:
+            log.info("%s was published by another instance meanwhile; not sending it again",
+                     job.path, extra={"file": str(job.path), "key": job.key})
+            return existing
+        raise TransientError(f"s3://{self.ctx.bucket}/{job.key}: another writer created it "
+                             f"meanwhile with other bytes than {job.path}; trying again later",
+                             code="PreconditionFailed", status=412)
 
     def _apply_after_upload(self, job: FileJob) -> None:
         action = self.after_upload.action

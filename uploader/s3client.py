@@ -1,4 +1,10 @@
-"""Building the aioboto3 S3 client: one per process, shared by every task.
+"""Building the S3 clients: one per process, shared by every task.
+
+The aioboto3 client carries the control plane (multipart create/complete/
+abort, ListParts, HeadObject, listings); the data path (`uploader.s3.datapath`)
+carries PutObject and UploadPart, over aiohttp or through the same client
+(`transfer.data_path`). Both come from one aiobotocore session, so they sign
+with the same credentials object and its refresh.
 
 botocore's own retries are off (one attempt): retries live in `uploader.retry`
 only, so attempts never multiply across layers.
@@ -7,12 +13,15 @@ only, so attempts never multiply across layers.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 
 from uploader.config import Config
+from uploader.s3.datapath import DataPath, connection_pool_size, open_data_path
 
 
 def client_config(config: Config) -> AioConfig:
@@ -25,7 +34,7 @@ def client_config(config: Config) -> AioConfig:
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=t.connect_timeout_seconds,
         read_timeout=t.read_timeout_seconds,
-        max_pool_connections=t.concurrency + t.max_parts_in_flight + 4,
+        max_pool_connections=connection_pool_size(config),
         s3=s3_options,
         # Checksums are ours to choose (transfer.checksum); botocore's default
         # CRC32 trailers are rejected by several S3-compatible servers.
@@ -34,8 +43,27 @@ def client_config(config: Config) -> AioConfig:
     )
 
 
+@dataclass(frozen=True)
+class S3Access:
+    client: Any  # the aioboto3 S3 client: the control plane
+    data: DataPath  # PutObject and UploadPart
+
+
+@contextlib.asynccontextmanager
+async def open_s3(config: Config) -> AsyncIterator[S3Access]:
+    """The control-plane client and the data path, closed in reverse order."""
+    core = AioSession(profile=config.s3.profile)
+    session = aioboto3.Session(botocore_session=core)
+    async with session.client("s3", endpoint_url=config.s3.endpoint_url,
+                              region_name=config.s3.region,
+                              config=client_config(config)) as client, \
+            open_data_path(config, client=client, session=core) as data:
+        yield S3Access(client=client, data=data)
+
+
 @contextlib.asynccontextmanager
 async def open_s3_client(config: Config) -> AsyncIterator[Any]:
+    """The aioboto3 client alone (for callers that send no object data)."""
     session = aioboto3.Session(profile_name=config.s3.profile)
     async with session.client("s3", endpoint_url=config.s3.endpoint_url,
                               region_name=config.s3.region,

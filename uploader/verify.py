@@ -46,15 +46,24 @@ async def matching_object_exists(ctx: TransferContext, job: FileJob, *,
     not an MD5 (SSE-KMS) do not match and are uploaded again, which is safe.
     `part_size`: the part size the interrupted upload used (default: today's).
     """
+    _, match = await look_for_object(ctx, job, part_size=part_size)
+    return match
+
+
+async def look_for_object(ctx: TransferContext, job: FileJob, *,
+                          part_size: int | None = None) -> tuple[bool, UploadResult | None]:
+    """(is there an object under the key at all, the match if it is this file's bytes)."""
     found = await head(ctx, job)
-    if found is None or found["ContentLength"] != job.size:
-        return None
+    if found is None:
+        return False, None
+    if found["ContentLength"] != job.size:
+        return True, None
     etag = found["ETag"].strip('"')
     ours = await asyncio.to_thread(local_etag, job, part_size=part_size or ctx.part_size,
                                    multipart=job.size >= ctx.multipart_threshold)
     if etag != ours:
-        return None
-    return UploadResult(etag=etag, size=job.size, reused=True)
+        return True, None
+    return True, UploadResult(etag=etag, size=job.size, reused=True)
 
 
 def local_etag(job: FileJob, *, multipart: bool, part_size: int) -> str:

@@ -17,7 +17,7 @@ from uploader.limiter import RateLimiter
 from uploader.pipeline import AfterUpload, Pipeline
 from uploader.retry import RetryPolicy
 from uploader.retry_budget import RetryBudget
-from uploader.s3client import open_s3_client
+from uploader.s3client import open_s3
 from uploader.transfer.context import TransferContext
 from uploader.workers import WorkerPool
 
@@ -37,9 +37,11 @@ class Services:
 async def services(config: Config, *, journal: Journal) -> AsyncIterator[Services]:
     """Client, retry policy, transfer context, pipeline and worker pool, closed in reverse."""
     t = config.transfer
-    async with open_s3_client(config) as client:
+    async with open_s3(config) as s3:
+        client = s3.client
         retry = build_retry_policy(config)
-        ctx = TransferContext.build(config=config, client=client, retry=retry, journal=journal)
+        ctx = TransferContext.build(config=config, client=client, data=s3.data, retry=retry,
+                                    journal=journal)
         pipeline = Pipeline(ctx=ctx, journal=journal, keys=key_namer(config),
                             after_upload=AfterUpload(config.after_upload, config.move_to),
                             bucket_check=BucketCheck(client=client, bucket=config.s3.bucket,

@@ -31,6 +31,8 @@ class WorkerPool:
         self._retry_later_seconds = retry_later_seconds
         self._deferred: dict[Path, asyncio.TimerHandle] = {}
         self.on_changed = on_changed
+        self._active = 0  # workers running and not told to stop (see resize)
+        self._started = 0
 
     @property
     def depth(self) -> int:
@@ -53,8 +55,31 @@ class WorkerPool:
         await self._queue.put((path, relative))
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"worker-{i}")
-                       for i in range(self.concurrency)]
+        self._tasks = []
+        self._add_workers(self.concurrency)
+
+    def resize(self, concurrency: int) -> None:
+        """Change the number of workers live (a reload): idle ones stop at once, busy
+        ones after their current file; new ones start at once."""
+        self.concurrency = concurrency
+        if self._stopping or not self._tasks:
+            return  # not started: start() uses the new number
+        if concurrency > self._active:
+            self._add_workers(concurrency - self._active)
+            return
+        idle = [task for task in self._tasks
+                if task not in self._busy and not task.done() and not task.cancelling()]
+        for task in idle[:self._active - concurrency]:
+            task.cancel()  # waiting in queue.get(), which loses nothing when cancelled
+            self._active -= 1
+        # Any excess left is busy: those workers stop after their file (see _work).
+
+    def _add_workers(self, count: int) -> None:
+        for _ in range(count):
+            self._tasks.append(asyncio.create_task(self._work(),
+                                                   name=f"worker-{self._started}"))
+            self._started += 1
+            self._active += 1
 
     async def join(self) -> None:
         """Wait until every queued file has been processed (the one-shot's end)."""
@@ -84,6 +109,9 @@ class WorkerPool:
         task = asyncio.current_task()
         assert task is not None
         while not self._stopping:
+            if self._active > self.concurrency:  # shrunk by a reload
+                self._active -= 1
+                return
             path, relative = await self._queue.get()
             self._busy[task] = path
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from uploader.filters import FileFilter
 
@@ -34,11 +34,20 @@ class TreeWalker:
         except ValueError:  # not below the root
             return False
 
-    def files(self, top: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
-        """(path, stat) of every wanted regular file below `top` (default: the root)."""
+    def files(self, top: Path | None = None, *,
+              entering: Callable[[Path], None] | None = None,
+              ) -> Iterator[tuple[Path, os.stat_result]]:
+        """(path, stat) of every wanted regular file below `top` (default: the root).
+
+        Lazy: one folder listing is open at a time and files are yielded as they are
+        listed; only folders still to visit are held. `entering(folder)` runs just
+        before each folder is listed (the directory source watches it there).
+        """
         stack = [top or self.root]
         while stack:
             current = stack.pop()
+            if entering is not None:
+                entering(current)
             try:
                 entries = os.scandir(current)
             except OSError as exc:

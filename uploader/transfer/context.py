@@ -1,4 +1,5 @@
-"""What every transfer shares: the client, the retry policy, the part slots, the journal."""
+"""What every transfer shares: the clients, the retry policy, the part slots, the memory
+budget, the journal."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any, Awaitable, Callable, TypeVar
 from uploader.config import Config
 from uploader.journal import Journal
 from uploader.limiter import partition_for
+from uploader.memory import MemoryBudget
 from uploader.retry import RetryPolicy
+from uploader.s3.datapath import BotocoreDataPath, DataPath
 from uploader.transfer.job import FileJob
 
 T = TypeVar("T")
@@ -27,7 +30,8 @@ class UploadResult:
 
 @dataclass
 class TransferContext:
-    client: Any
+    client: Any  # aioboto3: control requests (multipart create/complete/abort, lists, HEAD)
+    data: DataPath  # PutObject and UploadPart (transfer.data_path)
     bucket: str
     retry: RetryPolicy
     journal: Journal
@@ -36,12 +40,13 @@ class TransferContext:
     part_size: int
     part_slots: asyncio.Semaphore
     parts_per_file: int
+    memory: MemoryBudget  # bytes of file data held at once (transfer.max_memory)
     common_params: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, *, config: Config, client: Any, retry: RetryPolicy,
-              journal: Journal) -> "TransferContext":
+    def build(cls, *, config: Config, client: Any, retry: RetryPolicy, journal: Journal,
+              data: DataPath | None = None) -> "TransferContext":
         t, s3 = config.transfer, config.s3
         params: dict[str, Any] = {}
         if s3.storage_class:
@@ -50,10 +55,12 @@ class TransferContext:
             params["ServerSideEncryption"] = s3.server_side_encryption
         if s3.sse_kms_key_id:
             params["SSEKMSKeyId"] = s3.sse_kms_key_id
-        return cls(client=client, bucket=s3.bucket, retry=retry, journal=journal,
-                   checksum=t.checksum, multipart_threshold=t.multipart_threshold,
-                   part_size=t.part_size, part_slots=asyncio.Semaphore(t.max_parts_in_flight),
-                   parts_per_file=t.max_parts_in_flight, common_params=params,
+        return cls(client=client, data=data or BotocoreDataPath(client), bucket=s3.bucket,
+                   retry=retry, journal=journal, checksum=t.checksum,
+                   multipart_threshold=t.multipart_threshold, part_size=t.part_size,
+                   part_slots=asyncio.Semaphore(t.max_parts_in_flight),
+                   parts_per_file=t.max_parts_in_flight,
+                   memory=MemoryBudget(capacity=t.max_memory), common_params=params,
                    metadata=dict(s3.metadata))
 
     def object_params(self, job: FileJob) -> dict[str, Any]:

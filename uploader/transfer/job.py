@@ -29,10 +29,18 @@ class FileJob:
     key: str
     signature: Signature
     metadata: dict[str, str] = field(default_factory=dict)
+    # Write only if no object exists under the key yet (If-None-Match: *): two
+    # instances racing on duplicate queue messages cannot both publish.
+    create_only: bool = False
 
     @property
     def size(self) -> int:
         return self.signature.size
+
+
+def create_only_condition(job: FileJob) -> dict[str, str]:
+    """Request parameters that make a PUT or Complete fail if the key already exists."""
+    return {"IfNoneMatch": "*"} if job.create_only else {}
 
 
 def stat_signature(path: Path, *, follow_symlinks: bool = True) -> Signature:
@@ -83,3 +91,17 @@ def read_range(fd: int, *, offset: int, length: int, path: Path) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" when length is 0
+
+
+def read_into(fd: int, buffer: bytearray, *, offset: int, path: Path) -> None:
+    """Fill `buffer` from `offset` (no allocation: the buffer is reused part after part)."""
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        try:
+            count = os.preadv(fd, [view[filled:]], offset + filled)
+        except OSError as exc:
+            raise SourceUnreadable(f"{path}: read failed: {exc.strerror}") from None
+        if not count:
+            raise SourceChanged(f"{path}: the file shrank during its upload")
+        filled += count

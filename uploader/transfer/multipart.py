@@ -20,7 +20,13 @@ from uploader.checksums import ALGORITHM, PARAMETER, checksum_b64
 from uploader.errors import PermanentError, TransferError, TransientError, UploaderError
 from uploader.journal import PartRecord, UploadRecord
 from uploader.transfer.context import TransferContext, UploadResult
-from uploader.transfer.job import FileJob, ensure_unchanged, open_for_upload, read_range
+from uploader.transfer.job import (
+    FileJob,
+    create_only_condition,
+    ensure_unchanged,
+    open_for_upload,
+    read_into,
+)
 from uploader.transfer.sizing import part_count, part_range, part_size_for
 from uploader.verify import check_completed_etag, matching_object_exists
 
@@ -172,18 +178,33 @@ async def _part_sender(ctx: TransferContext, job: FileJob, upload: UploadRecord,
 
 async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, fd: int,
                      number: int) -> PartRecord:
+    """Read one part into a buffer (within the memory budget), send it, reuse the buffer."""
     offset, length = part_range(number, file_size=upload.size, part_size=upload.part_size)
-    body = await asyncio.to_thread(read_range, fd, offset=offset, length=length, path=job.path)
-    checksum = checksum_b64(ctx.checksum, body)
-    params = {PARAMETER[ctx.checksum]: checksum} if checksum else {}
-    response = await ctx.call(
-        lambda: ctx.client.upload_part(Bucket=ctx.bucket, Key=upload.key,
-                                       UploadId=upload.upload_id, PartNumber=number,
-                                       Body=body, **params),
-        key=upload.key, nbytes=length,
-        what=ctx.describe(job, f"UploadPart {number}/{upload.parts}"))
-    return PartRecord(part_number=number, size=length, etag=response["ETag"].strip('"'),
-                      checksum=checksum)
+    what = ctx.describe(job, f"UploadPart {number}/{upload.parts}")
+    async with ctx.memory.hold(length):
+        buffer = ctx.memory.buffer(length)
+        try:
+            checksum = await asyncio.to_thread(_read_part, fd, buffer, offset=offset, job=job,
+                                               algorithm=ctx.checksum)
+            params = {PARAMETER[ctx.checksum]: checksum} if checksum else {}
+            body = memoryview(buffer)
+            etag = await ctx.call(
+                lambda: ctx.data.upload_part(bucket=ctx.bucket, key=upload.key,
+                                             upload_id=upload.upload_id, part_number=number,
+                                             body=body, params=params, what=what),
+                key=upload.key, nbytes=length, what=what)
+        except BaseException:
+            ctx.memory.discard(buffer)  # a failed request may still hold it
+            raise
+        ctx.memory.recycle(buffer)  # answered: every byte was sent
+    return PartRecord(part_number=number, size=length, etag=etag, checksum=checksum)
+
+
+def _read_part(fd: int, buffer: bytearray, *, offset: int, job: FileJob,
+               algorithm: str) -> str | None:
+    """In a worker thread: the read and the checksum (hashlib releases the GIL)."""
+    read_into(fd, buffer, offset=offset, path=job.path)
+    return checksum_b64(algorithm, buffer)
 
 
 async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> str:
@@ -192,7 +213,7 @@ async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) ->
     response = await ctx.call(
         lambda: ctx.client.complete_multipart_upload(
             Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id,
-            MultipartUpload={"Parts": listing}),
+            MultipartUpload={"Parts": listing}, **create_only_condition(job)),
         key=upload.key, what=ctx.describe(job, "CompleteMultipartUpload"))
     etag = str(response["ETag"]).strip('"')
     check_completed_etag(ctx, job, etag=etag, part_etags=[parts[n].etag for n in sorted(parts)])

@@ -1,4 +1,4 @@
-"""Small files: one PutObject."""
+"""Small files: one PutObject, the body read whole (it is below multipart_threshold)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,41 @@ import os
 
 from uploader.checksums import request_parameters
 from uploader.transfer.context import TransferContext, UploadResult
-from uploader.transfer.job import FileJob, ensure_unchanged, open_for_upload, read_range
+from uploader.transfer.job import (
+    FileJob,
+    create_only_condition,
+    ensure_unchanged,
+    open_for_upload,
+    read_range,
+)
 
-# Reading below this size in the loop's thread is cheaper than a thread hop.
+# Reading (and checksumming) below this size in the loop's thread is cheaper than a thread hop.
 INLINE_READ_LIMIT = 256 * 1024
 
 
 async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
-    body = await _read_whole(job)
-    params = {**ctx.object_params(job), **request_parameters(ctx.checksum, body)}
-    response = await ctx.call(
-        lambda: ctx.client.put_object(Bucket=ctx.bucket, Key=job.key, Body=body, **params),
-        key=job.key, nbytes=len(body), what=ctx.describe(job, "PUT"))
-    return UploadResult(etag=response["ETag"].strip('"'), size=len(body))
+    async with ctx.memory.hold(job.size):
+        body, checksum = await _read_whole(job, ctx.checksum)
+        params = {**ctx.object_params(job), **checksum, **create_only_condition(job)}
+        what = ctx.describe(job, "PUT")
+        etag = await ctx.call(
+            lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
+                                        params=params, what=what),
+            key=job.key, nbytes=len(body), what=what)
+    return UploadResult(etag=etag, size=len(body))
 
 
-async def _read_whole(job: FileJob) -> bytes:
+async def _read_whole(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
     if job.size <= INLINE_READ_LIMIT:
-        return _read_checked(job)
-    return await asyncio.to_thread(_read_checked, job)
+        return _read_checked(job, algorithm)
+    return await asyncio.to_thread(_read_checked, job, algorithm)
 
 
-def _read_checked(job: FileJob) -> bytes:
+def _read_checked(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
     fd = open_for_upload(job)
     try:
         body = read_range(fd, offset=0, length=job.size, path=job.path)
     finally:
         os.close(fd)
     ensure_unchanged(job)
-    return body
+    return body, request_parameters(algorithm, body)

@@ -1,0 +1,96 @@
+"""SIGHUP: the configuration is re-read and what can change live does; a bad file changes nothing."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon_harness import daemon_config, daemon_factory, wait_until  # noqa: F401
+from daemon_harness import keys_in, object_bytes
+from ops_harness import Scrape, endpoint, scrape, wait_for_metric
+
+MiB = 1024 * 1024
+
+
+def rewrite(path: Path, **changes: dict) -> None:
+    config = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(config))
+
+
+def reloads(page: Scrape, result: str) -> float:
+    return page.value("uploader_config_reloads_total", 0, result=result)
+
+
+@pytest.mark.timeout(60)
+def test_sighup_changes_the_rate_limit_live_and_a_broken_file_is_rejected(
+        daemon_config, daemon_factory, s3, bucket, tmp_path):
+    config = daemon_config(rate_limit={"max_requests_per_second": 50},
+                           transfer={"concurrency": 4}, janitor={"enabled": False})
+    # An environment override applies at start and again at every reload.
+    daemon = daemon_factory(config, env={"UPLOADER_RATE_LIMIT__MAX_BYTES_PER_SECOND": "100MiB"})
+    base = endpoint(daemon)
+    outbox = tmp_path / "outbox"
+    (outbox / "first.txt").write_text("first")  # makes the partition exist in the limiter
+    partition = f"{bucket}/incoming"
+    page = wait_for_metric(base, lambda p: p.value("uploader_limiter_requests_per_second",
+                                                   partition=partition) == 50,
+                           what="the partition limited to 50/s")
+    assert page.value("uploader_workers") == 4
+
+    rewrite(config, rate_limit={"max_requests_per_second": 7}, transfer={
+        "concurrency": 2, "part_size": "16MiB"})
+    daemon.process.send_signal(signal.SIGHUP)
+    page = wait_for_metric(base, lambda p: reloads(p, "applied") == 1, what="the reload")
+    assert page.value("uploader_limiter_requests_per_second", partition=partition) == 7
+    assert page.value("uploader_rate_limit_max_requests_per_second") == 7
+    assert page.value("uploader_rate_limit_max_bytes_per_second") == 100 * MiB
+    assert page.value("uploader_workers") == 2
+    log = daemon.log()
+    assert "rate_limit.max_requests_per_second 50.0 -> 7.0" in log
+    assert "transfer.concurrency 4 -> 2" in log
+    assert "transfer.part_size changed (5242880 -> 16777216) but needs a restart" in log
+
+    for broken in ("rate_limit: [unclosed\n",  # not YAML
+                   config.read_text().replace("max_requests_per_second: 7",
+                                              "max_requests_per_second: -1")):  # not valid
+        config.write_text(broken)
+        rejected = reloads(scrape(base), "rejected")
+        daemon.process.send_signal(signal.SIGHUP)
+        page = wait_for_metric(base, lambda p: reloads(p, "rejected") == rejected + 1,
+                               what="the broken file rejected")
+        assert page.value("uploader_limiter_requests_per_second", partition=partition) == 7
+        assert page.value("uploader_workers") == 2
+    log = daemon.log()
+    assert "configuration reload rejected, the settings in force stay" in log
+    assert "invalid YAML at line" in log
+    assert "rate_limit.max_requests_per_second: Input should be greater than 0" in log
+
+    (outbox / "after.txt").write_text("still uploading")  # the daemon carries on
+    wait_until(lambda: object_bytes(s3, bucket, "incoming/after.txt"), what="a later upload")
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(60)
+def test_sighup_widens_the_filter_and_newly_included_files_go_up(daemon_config, daemon_factory,
+                                                                 s3, bucket, tmp_path):
+    config = daemon_config(source={"include": ["**/*.txt"]}, janitor={"enabled": False})
+    outbox = tmp_path / "outbox"
+    (outbox / "notes.txt").write_text("included")
+    (outbox / "table.csv").write_text("a,b\n1,2\n")
+    daemon = daemon_factory(config)
+    base = endpoint(daemon)
+    wait_until(lambda: "incoming/notes.txt" in keys_in(s3, bucket), what="the .txt file")
+    assert "incoming/table.csv" not in keys_in(s3, bucket)  # the start scan left it out
+
+    rewrite(config, source={"include": ["**/*.txt", "**/*.csv"]}, logging={"level": "DEBUG"})
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "incoming/table.csv" in keys_in(s3, bucket), what="the .csv file")
+    assert keys_in(s3, bucket) == {"incoming/notes.txt", "incoming/table.csv"}
+    assert reloads(scrape(base), "applied") == 1
+    assert "logging.level 'INFO' -> 'DEBUG'" in daemon.log()
+    assert daemon.terminate() == 0
