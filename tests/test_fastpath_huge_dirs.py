@@ -85,7 +85,7 @@ async def test_the_source_hands_on_files_before_the_scan_ends_and_watches_first(
     late: list[Path] = []
     late_arrived = asyncio.Event()
 
-    async def submit(path: Path, relative: str) -> None:
+    async def submit(path: Path, relative: str, signature: object = None) -> None:
         if not submitted:
             first_seen.update(listed=counting_scandir.listed, scans=source.scans_completed)
         elif not late and path.parent != submitted[0].parent:

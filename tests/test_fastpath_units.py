@@ -146,6 +146,34 @@ async def test_signed_headers_cover_the_checksum_and_metadata():
             in signed["Authorization"])
 
 
+@pytest.mark.parametrize("when", [datetime.datetime(2026, 11, 23, 23, 59, 59),
+                                  datetime.datetime(2026, 11, 24, 0, 0, 1)])
+@pytest.mark.parametrize("secret, token", [("secret", None), ("other-secret", "tok")])
+async def test_the_signature_is_exactly_botocores(monkeypatch, when, secret, token):
+    """The leaner header map and the cached signing key change no byte of the result:
+    the same request signed by botocore's own S3SigV4Auth at the same instant, across a
+    day boundary (a new signing key), another secret and a session token."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: when)
+    credentials = Credentials("AKID", secret, token)
+    url = _endpoint().part_url(KEY, upload_id="up/id+1", part_number=7)
+    headers = {"Content-MD5": "abc==", "Content-Type": "text/plain",
+               "x-amz-meta-Team": "  a   b ", "Content-Length": "5",
+               "x-amz-storage-class": "STANDARD_IA"}
+    ours = await RequestSigner(credentials=credentials, endpoint=_endpoint()).sign(
+        method="PUT", url=url, headers=headers, payload_hash=UNSIGNED_PAYLOAD)
+
+    reference = AWSRequest(method="PUT", url=url, headers={"Host": _endpoint().host, **headers})
+    reference.context["payload_signing_enabled"] = False  # botocore's UNSIGNED-PAYLOAD
+    S3SigV4Auth(credentials, "s3", "eu-west-1").add_auth(reference)
+    assert ours == dict(reference.headers.items())
+    assert ours["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKID/"
+                                            f"{when:%Y%m%d}/eu-west-1/s3/aws4_request")
+
+
 async def test_no_credentials_is_the_typed_error_the_retry_layer_knows():
     signer = RequestSigner(credentials=None, endpoint=_endpoint())
     with pytest.raises(NoCredentialsError):

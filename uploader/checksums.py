@@ -12,8 +12,6 @@ import hashlib
 import zlib
 from typing import Callable
 
-from botocore.httpchecksum import CrtCrc32cChecksum
-
 # botocore's names for the request parameters that carry each checksum.
 PARAMETER = {"md5": "ContentMD5", "crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C",
              "sha256": "ChecksumSHA256"}
@@ -27,9 +25,9 @@ def _crc32(data: bytes) -> bytes:
 
 
 def _crc32c(data: bytes) -> bytes:
-    checksum = CrtCrc32cChecksum()
-    checksum.update(data)
-    return checksum.digest()
+    import crc32c  # only when chosen: every import is paid at each start
+
+    return crc32c.crc32c(data).to_bytes(4, "big")
 
 
 _DIGESTS: dict[str, Callable[[bytes], bytes]] = {

@@ -29,7 +29,7 @@ from uploader.journal import ENQUEUED, Journal
 from uploader.sources.directory import DirectorySource
 from uploader.sources.sqs import MAX_BATCH, check_queue, open_sqs_client
 from uploader.sources.walk import TreeWalker
-from uploader.transfer.job import stat_signature
+from uploader.transfer.job import Signature, stat_signature
 
 log = logging.getLogger(__name__)
 SEND_FLUSH_SECONDS = 0.2
@@ -53,12 +53,14 @@ class Enqueuer:
         self._flusher: asyncio.Task[None] | None = None
         self.sent = 0
 
-    async def submit(self, path: Path, relative: str) -> None:
-        try:
-            signature = stat_signature(path, follow_symlinks=self._follow_symlinks)
-        except SourceError as exc:
-            log.warning("not enqueued: %s", exc, extra={"file": str(path)})
-            return
+    async def submit(self, path: Path, relative: str,
+                     signature: Signature | None = None) -> None:
+        if signature is None:
+            try:
+                signature = stat_signature(path, follow_symlinks=self._follow_symlinks)
+            except SourceError as exc:
+                log.warning("not enqueued: %s", exc, extra={"file": str(path)})
+                return
         previous = self._journal.lookup(str(path))
         if (previous is not None and previous.status == ENQUEUED
                 and (previous.size, previous.mtime_ns) == (signature.size,

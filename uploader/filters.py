@@ -43,6 +43,19 @@ def matches_any(relative_path: str, patterns: Iterable[str]) -> bool:
     return any(glob_to_regex(p).match(relative_path) for p in patterns)
 
 
+def any_of(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex matching what any of the globs matches (None for no globs): one
+    match per file instead of one per pattern."""
+    patterns = tuple(patterns)
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{glob_to_regex(p).pattern})" for p in patterns),
+                      re.DOTALL)
+
+
+_TEMPORARY = any_of(TEMPORARY_PATTERNS)
+
+
 class FileFilter:
     """Decides from a relative path alone whether a file is ours to upload."""
 
@@ -51,6 +64,8 @@ class FileFilter:
         self.exclude = tuple(source.exclude)
         self.ignore_hidden = source.ignore_hidden
         self.ignore_temporary = source.ignore_temporary
+        self._include = any_of(self.include)
+        self._exclude = any_of(self.exclude)
 
     def wants_directory(self, relative_dir: str) -> bool:
         """Whether to descend into a folder (hidden folders are skipped whole)."""
@@ -58,12 +73,12 @@ class FileFilter:
         return not (self.ignore_hidden and name.startswith("."))
 
     def wants_file(self, relative_path: str) -> bool:
-        parts = relative_path.split("/")
-        name = parts[-1]
-        if self.ignore_hidden and any(part.startswith(".") for part in parts):
+        name = relative_path.rsplit("/", 1)[-1]
+        if self.ignore_hidden and (name.startswith(".") or "/." in relative_path
+                                   or relative_path.startswith(".")):
             return False
-        if self.ignore_temporary and any(glob_to_regex(p).match(name) for p in TEMPORARY_PATTERNS):
+        if self.ignore_temporary and _TEMPORARY.match(name):  # type: ignore[union-attr]
             return False
-        if matches_any(relative_path, self.exclude):
+        if self._exclude is not None and self._exclude.match(relative_path):
             return False
-        return matches_any(relative_path, self.include)
+        return self._include is not None and self._include.match(relative_path) is not None

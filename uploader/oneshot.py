@@ -14,6 +14,7 @@ from uploader.journal import Journal
 from uploader.pipeline import Outcome, Totals
 from uploader.progress import track_progress
 from uploader.sources.walk import TreeWalker
+from uploader.transfer.job import Signature
 from uploader.transfer.multipart import abort_upload
 from uploader.wiring import Services, services
 
@@ -85,8 +86,8 @@ async def _submit_tree(path: Path, *, config: Config, submit) -> None:  # noqa: 
         return
     walker = TreeWalker(root=path, file_filter=FileFilter(config.source),
                         follow_symlinks=config.source.follow_symlinks)
-    for file_path, _ in walker.files():
-        await submit(file_path, walker.relative(file_path))
+    for found in walker.files():
+        await submit(found.path, found.relative, Signature.of(found.stat))
 
 
 async def _abort_parked(svc: Services) -> None:

@@ -30,7 +30,7 @@ from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, File
 from uploader.keys import KeyNamer
 from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
-from uploader.transfer.job import FileJob, stat_signature
+from uploader.transfer.job import FileJob, Signature, stat_signature
 from uploader.transfer.multipart import upload_multipart
 from uploader.transfer.put import put_file
 from uploader.verify import confirm_object, look_for_object, matching_object_exists
@@ -95,15 +95,20 @@ class Pipeline:
         self.listeners: list[OutcomeListener] = []  # metrics, progress
 
     async def process(self, path: Path, relative: str,
-                      metadata: dict[str, str] | None = None) -> Outcome:
+                      metadata: dict[str, str] | None = None, *,
+                      signature: Signature | None = None) -> Outcome:
         """Upload `path` under the key named for `relative` (its path below the watched root).
 
         `metadata`: extra user metadata for this object (e.g. from a queue message).
+        `signature`: the file's stat as the caller just saw it (else it is stat'ed
+        here); the upload proves the file still matches it when it opens the file.
         """
         started = time.monotonic()
-        context = bind_log_context(file=str(path), key=self.keys.key(relative))
+        key = self.keys.key(relative)
+        context = bind_log_context(file=str(path), key=key)
         try:
-            outcome, result = await self._process(path, relative, metadata or {})
+            outcome, result = await self._process(path, relative, key, metadata or {},
+                                                  signature)
         finally:
             unbind_log_context(context)
         self.totals.add(outcome, result)
@@ -111,11 +116,11 @@ class Pipeline:
             listener(path, outcome, result, time.monotonic() - started)
         return outcome
 
-    async def _process(self, path: Path, relative: str,
-                       metadata: dict[str, str]) -> tuple[Outcome, UploadResult | None]:
-        key = self.keys.key(relative)
+    async def _process(self, path: Path, relative: str, key: str, metadata: dict[str, str],
+                       signature: Signature | None) -> tuple[Outcome, UploadResult | None]:
         try:
-            signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
+            if signature is None:
+                signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
         except SourceVanished as exc:
             self._record_skip(path, key, reason=str(exc))
             return Outcome.SKIPPED, None

@@ -29,6 +29,7 @@ from uploader.filters import FileFilter
 from uploader.pipeline import Outcome, Pipeline
 from uploader.sources.walk import TreeWalker
 from uploader.transfer.context import UploadResult
+from uploader.transfer.job import Signature
 
 BAR_INTERVAL_SECONDS = 0.2
 LINE_INTERVAL_SECONDS = 5.0
@@ -36,7 +37,7 @@ RATE_WINDOW_SECONDS = 5.0
 CLEAR_LINE = "\r\x1b[K"
 MiB = 1024 * 1024
 
-Submit = Callable[[Path, str], Awaitable[None]]
+Submit = Callable[[Path, str, Signature | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,8 @@ def count_files(paths: Iterable[Path], config: Config) -> tuple[int, int]:
             continue
         walker = TreeWalker(root=path, file_filter=FileFilter(config.source),
                             follow_symlinks=config.source.follow_symlinks)
-        for _, st in walker.files():
-            files, nbytes = files + 1, nbytes + st.st_size
+        for found in walker.files():
+            files, nbytes = files + 1, nbytes + found.stat.st_size
     return files, nbytes
 
 
@@ -236,13 +237,16 @@ class Tracker:
         self.progress = progress
 
     def submit(self, inner: Submit) -> Submit:
-        async def submit(path: Path, relative: str) -> None:
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = 0
+        async def submit(path: Path, relative: str, signature: Signature | None = None) -> None:
+            if signature is not None:
+                size = signature.size
+            else:
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    size = 0
             self.progress.submitted(path, size)
-            await inner(path, relative)
+            await inner(path, relative, signature)
         return submit
 
 

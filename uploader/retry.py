@@ -83,6 +83,13 @@ class RetryPolicy:
         limiter's bucket; None sends unlimited (reads and control requests).
         """
         call = _Call(what=what, partition=partition, nbytes=nbytes)
+        # The first attempt runs outside tenacity: most requests need no retry,
+        # and building the retry machinery for each one cost ~5% of the CPU of
+        # a small-file upload. A failure is handed to tenacity as its attempt 1.
+        try:
+            return await self._attempt(operation, call)
+        except TransientError as exc:
+            first_failure: TransientError | None = exc
         retrying = AsyncRetrying(
             stop=lambda state: self._stop(state, call),
             wait=self._wait,
@@ -93,6 +100,9 @@ class RetryPolicy:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
                 return await self._attempt(operation, call)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from uploader.pipeline import Outcome, Pipeline
+from uploader.transfer.job import Signature
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ class WorkerPool:
                  on_changed: Callable[[Path], None] | None = None) -> None:
         self.pipeline = pipeline
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[tuple[Path, str]] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[tuple[Path, str, Signature | None]] = asyncio.Queue(
+            maxsize=queue_size)
         self._queued: set[Path] = set()
         self._busy: dict[asyncio.Task[None], Path] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -47,12 +49,16 @@ class WorkerPool:
         """Files waiting to be retried after a transient failure."""
         return len(self._deferred)
 
-    async def submit(self, path: Path, relative: str) -> None:
-        """Queue a settled file (waits while the queue is full: back-pressure)."""
+    async def submit(self, path: Path, relative: str,
+                     signature: Signature | None = None) -> None:
+        """Queue a settled file (waits while the queue is full: back-pressure).
+
+        `signature`: the file's stat as just seen by the caller (saves a stat).
+        """
         if path in self._queued or self._stopping:
             return
         self._queued.add(path)
-        await self._queue.put((path, relative))
+        await self._queue.put((path, relative, signature))
 
     def start(self) -> None:
         self._tasks = []
@@ -112,10 +118,10 @@ class WorkerPool:
             if self._active > self.concurrency:  # shrunk by a reload
                 self._active -= 1
                 return
-            path, relative = await self._queue.get()
+            path, relative, signature = await self._queue.get()
             self._busy[task] = path
             try:
-                outcome = await self.pipeline.process(path, relative)
+                outcome = await self.pipeline.process(path, relative, signature=signature)
                 if outcome is Outcome.CHANGED and self.on_changed:
                     self.on_changed(path)
                 elif outcome is Outcome.DEFERRED:

@@ -19,9 +19,10 @@ import hashlib
 import inspect
 from typing import Any, Mapping
 
-from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, UNSIGNED_PAYLOAD, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import NoCredentialsError
+from multidict import CIMultiDict
 
 from uploader.s3.endpoint import BucketEndpoint
 
@@ -52,11 +53,49 @@ def payload_hash(params: Mapping[str, Any], body: bytes | memoryview) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+class _Headers(CIMultiDict):  # type: ignore[misc]
+    """A case-insensitive header map with the `get_all` botocore's signer reads.
+
+    botocore keeps headers in `email.message.Message`, whose per-header policy
+    work was half of the time spent signing a request (~25 us of ~47).
+    """
+
+    def get_all(self, key: str, failobj: Any = None) -> Any:
+        return self.getall(key, failobj)
+
+
 class _GivenPayloadAuth(S3SigV4Auth):
-    """botocore's S3 SigV4 signer, told the payload hash instead of reading the body."""
+    """botocore's S3 SigV4 signer, told the payload hash instead of reading the body.
+
+    Two costs are taken out, not the algorithm: the headers live in `_Headers`
+    (see there), and the signing key, which changes only with the secret, the
+    day, the region and the service, is derived once (by botocore's own HMAC
+    steps) instead of four HMACs per request.
+    """
+
+    _signing_keys: dict[tuple[str, str, str, str], bytes] = {}
 
     def payload(self, request: AWSRequest) -> str:
         return request.context["payload_hash"]
+
+    def headers_to_sign(self, request: AWSRequest) -> _Headers:
+        # botocore's selection (every header but its blacklist, lower-cased; the
+        # Host is always given here), kept in a `_Headers`.
+        return _Headers((name.lower(), value) for name, value in request.headers.items()
+                        if name.lower() not in SIGNED_HEADERS_BLACKLIST)
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        scope = (self.credentials.secret_key, request.context["timestamp"][0:8],
+                 self._region_name, self._service_name)
+        key = self._signing_keys.get(scope)
+        if key is None:
+            secret, day, region, service = scope
+            key = self._sign(f"AWS4{secret}".encode(), day)
+            for part in (region, service, "aws4_request"):
+                key = self._sign(key, part)
+            self._signing_keys.clear()  # one live key: rotated secrets don't pile up
+            self._signing_keys[scope] = key
+        return self._sign(key, string_to_sign, hex=True)
 
 
 class RequestSigner:
@@ -80,7 +119,9 @@ class RequestSigner:
     async def sign(self, *, method: str, url: str, headers: Mapping[str, str],
                    payload_hash: str) -> dict[str, str]:
         """`headers` plus Host, X-Amz-Date, X-Amz-Content-SHA256, the token and Authorization."""
-        request = AWSRequest(method=method, url=url, headers={"Host": self.host, **headers})
+        request = AWSRequest(method=method, url=url)
+        request.headers = _Headers(headers)
+        request.headers["Host"] = self.host
         request.context["payload_hash"] = payload_hash
         auth = _GivenPayloadAuth(await self.frozen_credentials(), self.signing_name, self.region)
         auth.add_auth(request)

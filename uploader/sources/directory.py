@@ -36,7 +36,8 @@ except (ImportError, OSError):  # pragma: no cover - exercised on non-Linux only
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[[Path, str], Awaitable[None]]  # (path, path relative to the root)
+# (path, path relative to the root, its stat as just seen)
+Submit = Callable[[Path, str, Signature | None], Awaitable[None]]
 SETTLE_TICK_SECONDS = 0.1
 
 
@@ -111,12 +112,12 @@ class DirectorySource:
         """Walk a tree; old-enough files go straight on, young ones settle first."""
         started = time.monotonic()
         count = 0
-        for path, st in self.walker.files(top, entering=self._watch_folder):
+        for path, st, relative in self.walker.files(top, entering=self._watch_folder):
             count += 1
             if path in self._writing or path in self._settling:
                 continue
             if self._wall_clock() - st.st_mtime >= self.settle_seconds:
-                await self._hand_on(path)
+                await self.submit(path, relative, Signature.of(st))
             else:
                 self._consider(path, Signature.of(st))
             if count % 512 == 0:
@@ -157,10 +158,7 @@ class DirectorySource:
         if current != entry.signature:
             self._consider(path, current)  # still changing: start the quiet period again
             return
-        await self._hand_on(path)
-
-    async def _hand_on(self, path: Path) -> None:
-        await self.submit(path, self.walker.relative(path))
+        await self.submit(path, self.walker.relative(path), current)
 
     # -- inotify ----------------------------------------------------------
 

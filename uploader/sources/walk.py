@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from uploader.filters import FileFilter
 
 log = logging.getLogger(__name__)
+
+
+class FoundFile(NamedTuple):
+    path: Path
+    stat: os.stat_result
+    relative: str  # below the walker's root, with `/` separators
 
 
 class TreeWalker:
@@ -24,9 +30,12 @@ class TreeWalker:
         return path.relative_to(self.root).as_posix()
 
     def wants_dir(self, path: Path) -> bool:
+        return self._wants_dir(path, self.relative(path))
+
+    def _wants_dir(self, path: Path, relative: str) -> bool:
         if self.ignore_dirs and path.resolve() in self.ignore_dirs:
             return False
-        return self.filter.wants_directory(self.relative(path))
+        return self.filter.wants_directory(relative)
 
     def wants_file(self, path: Path) -> bool:
         try:
@@ -35,17 +44,21 @@ class TreeWalker:
             return False
 
     def files(self, top: Path | None = None, *,
-              entering: Callable[[Path], None] | None = None,
-              ) -> Iterator[tuple[Path, os.stat_result]]:
-        """(path, stat) of every wanted regular file below `top` (default: the root).
+              entering: Callable[[Path], None] | None = None) -> Iterator[FoundFile]:
+        """(path, stat, relative path) of every wanted regular file below `top`
+        (default: the root).
 
         Lazy: one folder listing is open at a time and files are yielded as they are
         listed; only folders still to visit are held. `entering(folder)` runs just
         before each folder is listed (the directory source watches it there).
+        Relative paths are built as strings on the way down: pathlib's
+        `relative_to` per file cost more than the listing itself.
         """
-        stack = [top or self.root]
+        top = top or self.root
+        top_relative = "" if top == self.root else self.relative(top) + "/"
+        stack = [(top, top_relative)]
         while stack:
-            current = stack.pop()
+            current, prefix = stack.pop()
             if entering is not None:
                 entering(current)
             try:
@@ -55,7 +68,9 @@ class TreeWalker:
                 continue
             with entries:
                 for entry in entries:
-                    yield from self._visit(entry, stack)
+                    found = self._visit(entry, prefix + entry.name, stack)
+                    if found is not None:
+                        yield found
 
     def directories(self, top: Path) -> Iterator[Path]:
         """`top` and every wanted folder below it."""
@@ -71,14 +86,16 @@ class TreeWalker:
             except OSError:
                 continue
 
-    def _visit(self, entry: os.DirEntry[str],
-               stack: list[Path]) -> Iterator[tuple[Path, os.stat_result]]:
-        path = Path(entry.path)
+    def _visit(self, entry: os.DirEntry[str], relative: str,
+               stack: list[tuple[Path, str]]) -> FoundFile | None:
+        follow = self.follow_symlinks
         try:
-            if entry.is_dir(follow_symlinks=self.follow_symlinks):
-                if self.wants_dir(path):
-                    stack.append(path)
-            elif entry.is_file(follow_symlinks=self.follow_symlinks) and self.wants_file(path):
-                yield path, entry.stat(follow_symlinks=self.follow_symlinks)
+            if entry.is_dir(follow_symlinks=follow):
+                path = Path(entry.path)
+                if self._wants_dir(path, relative):
+                    stack.append((path, relative + "/"))
+            elif entry.is_file(follow_symlinks=follow) and self.filter.wants_file(relative):
+                return FoundFile(Path(entry.path), entry.stat(follow_symlinks=follow), relative)
         except OSError:
-            return  # vanished while we looked
+            pass  # vanished while we looked
+        return None

@@ -78,6 +78,21 @@ def ensure_unchanged(job: FileJob) -> None:
                             "uploaded again once it settles")
 
 
+def ensure_read_unchanged(fd: int, job: FileJob) -> None:
+    """Raise SourceChanged if the open file changed while we read it.
+
+    fstat on the descriptor we read from, not a stat of the path: the bytes
+    sent are that inode's, so it is the one that must be unchanged (a file
+    renamed over the path meanwhile is a new file with events of its own), and
+    no path lookup is paid for it.
+    """
+    now = Signature.of(os.fstat(fd))
+    if now != job.signature:
+        raise SourceChanged(f"{job.path}: the file changed during its upload "
+                            f"(size {job.signature.size} -> {now.size}); it will be "
+                            "uploaded again once it settles")
+
+
 def read_range(fd: int, *, offset: int, length: int, path: Path) -> bytes:
     chunks: list[bytes] = []
     remaining = length

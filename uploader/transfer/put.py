@@ -10,7 +10,7 @@ from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import (
     FileJob,
     create_only_condition,
-    ensure_unchanged,
+    ensure_read_unchanged,
     open_for_upload,
     read_range,
 )
@@ -41,7 +41,7 @@ def _read_checked(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
     fd = open_for_upload(job)
     try:
         body = read_range(fd, offset=0, length=job.size, path=job.path)
+        ensure_read_unchanged(fd, job)
     finally:
         os.close(fd)
-    ensure_unchanged(job)
     return body, request_parameters(algorithm, body)
