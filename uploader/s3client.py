@@ -13,6 +13,7 @@ only, so attempts never multiply across layers.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -43,6 +44,19 @@ def client_config(config: Config) -> AioConfig:
     )
 
 
+def tls_verification(endpoint_url: str | None) -> bool | None:
+    """`verify` for a client: False for a plain-HTTP endpoint reached without a proxy.
+
+    There is no certificate to check on plain HTTP, but aiobotocore builds a
+    verifying TLS context anyway, loading the whole CA bundle (~20 ms of CPU at
+    every start). None: botocore's default (verify, with its CA bundle).
+    """
+    plain_http = endpoint_url is not None and endpoint_url.lower().startswith("http://")
+    proxied = any(os.environ.get(name) for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                                     "all_proxy"))
+    return False if plain_http and not proxied else None
+
+
 @dataclass(frozen=True)
 class S3Access:
     client: Any  # the aioboto3 S3 client: the control plane
@@ -56,6 +70,7 @@ async def open_s3(config: Config) -> AsyncIterator[S3Access]:
     session = aioboto3.Session(botocore_session=core)
     async with session.client("s3", endpoint_url=config.s3.endpoint_url,
                               region_name=config.s3.region,
+                              verify=tls_verification(config.s3.endpoint_url),
                               config=client_config(config)) as client, \
             open_data_path(config, client=client, session=core) as data:
         yield S3Access(client=client, data=data)
@@ -67,5 +82,6 @@ async def open_s3_client(config: Config) -> AsyncIterator[Any]:
     session = aioboto3.Session(profile_name=config.s3.profile)
     async with session.client("s3", endpoint_url=config.s3.endpoint_url,
                               region_name=config.s3.region,
+                              verify=tls_verification(config.s3.endpoint_url),
                               config=client_config(config)) as client:
         yield client

@@ -41,6 +41,7 @@ from aiobotocore.config import AioConfig
 from uploader.config import Config
 from uploader.errors import ConfigError
 from uploader.pipeline import Outcome, Pipeline
+from uploader.s3client import tls_verification
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ async def open_sqs_client(config: Config) -> AsyncIterator[Any]:
     session = aioboto3.Session(profile_name=config.s3.profile)
     async with session.client(
             "sqs", endpoint_url=source.endpoint_url, region_name=source.region or config.s3.region,
+            verify=tls_verification(source.endpoint_url),
             config=AioConfig(retries={"mode": "standard", "max_attempts": 5},
                              connect_timeout=config.transfer.connect_timeout_seconds,
                              read_timeout=source.wait_time_seconds + 10)) as client:
