@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import compileall
 import os
 import shutil
 import signal
@@ -420,6 +421,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from s3server import SeaweedS3
 
+    # As an installed package is: compiled once. An editable checkout under
+    # PYTHONDONTWRITEBYTECODE would otherwise compile every module at every start.
+    compileall.compile_dir(ROOT / "uploader", quiet=1)
     work = Path(tempfile.mkdtemp(prefix="uploader-bench-"))
     server = SeaweedS3(data_dir=work / "seaweed")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pty
 import re
@@ -146,3 +147,55 @@ def test_display_draws_a_bar_in_place_on_a_terminal_and_lines_elsewhere():
     frames = screen.getvalue().split(CLEAR_LINE)
     assert frames[0] == "" and frames[1].startswith("[") and frames[2] == ""
     assert frames[3].startswith("[") and frames[3].endswith("\n")
+
+
+def _listing(tmp_path: Path, files: int) -> list[Path]:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(files):
+        (tree / f"f{i}").write_bytes(b"x" * (i + 1))
+    return [tree]
+
+
+class _NoPipeline:
+    listeners: list = []
+
+
+async def test_a_walk_that_ends_soon_gives_the_totals_without_a_second_walk(
+        tmp_path, monkeypatch):
+    """The totals come from the listing itself when it ends before the count would start."""
+    from uploader import progress as progress_module
+    from uploader.config import Config, SourceConfig
+
+    counted: list[int] = []
+    monkeypatch.setattr(progress_module, "count_files",
+                        lambda *a: counted.append(1) or (99, 99))
+    monkeypatch.setattr(progress_module, "COUNT_AFTER_SECONDS", 0.05)
+    paths = _listing(tmp_path, 3)
+    config = Config(source=SourceConfig(directory=paths[0]), s3={"bucket": "bucket"})
+    async with progress_module.track_progress(_NoPipeline(), paths=paths, config=config,
+                                              stream=None) as tracker:
+        submit = tracker.submit(_ignore)
+        for i, path in enumerate(sorted(paths[0].iterdir())):
+            await submit(path, path.name, None)
+        tracker.listing_done()
+        await asyncio.sleep(0.2)
+    assert (tracker.progress.files_total, tracker.progress.bytes_total) == (3, 6)
+    assert counted == []
+
+
+async def test_a_long_walk_is_counted_ahead_of_the_uploads(tmp_path, monkeypatch):
+    from uploader import progress as progress_module
+    from uploader.config import Config, SourceConfig
+
+    monkeypatch.setattr(progress_module, "COUNT_AFTER_SECONDS", 0.05)
+    paths = _listing(tmp_path, 4)
+    config = Config(source=SourceConfig(directory=paths[0]), s3={"bucket": "bucket"})
+    async with progress_module.track_progress(_NoPipeline(), paths=paths, config=config,
+                                              stream=None) as tracker:
+        await asyncio.sleep(0.5)  # still listing: nothing handed on yet
+        assert (tracker.progress.files_total, tracker.progress.bytes_total) == (4, 10)
+
+
+async def _ignore(*_args) -> None:
+    return None

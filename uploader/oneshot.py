@@ -70,6 +70,7 @@ async def run_oneshot(config: Config, paths: list[Path], *,
             svc.pool.start()
             for path in paths:
                 await _submit_tree(path, config=config, submit=tracker.submit(svc.pool.submit))
+            tracker.listing_done()
             await svc.pool.join()
             await svc.pool.stop(grace_seconds=0)
             await _abort_parked(svc)

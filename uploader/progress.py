@@ -34,6 +34,8 @@ from uploader.transfer.job import Signature
 BAR_INTERVAL_SECONDS = 0.2
 LINE_INTERVAL_SECONDS = 5.0
 RATE_WINDOW_SECONDS = 5.0
+# Walks still listing after this long are counted ahead of the uploads (in a thread).
+COUNT_AFTER_SECONDS = 2.0
 CLEAR_LINE = "\r\x1b[K"
 MiB = 1024 * 1024
 
@@ -82,6 +84,8 @@ class Progress:
         self.bytes_total: int | None = None
         self.files_done = 0
         self.bytes_done = 0
+        self.files_listed = 0
+        self.bytes_listed = 0
         self.failed = 0
         self._sizes: dict[Path, int] = {}  # submitted, not yet finished
         self._samples: collections.deque[tuple[float, int, int]] = collections.deque(
@@ -92,6 +96,12 @@ class Progress:
 
     def submitted(self, path: Path, size: int) -> None:
         self._sizes[path] = size
+        self.files_listed += 1
+        self.bytes_listed += size
+
+    def listing_done(self) -> None:
+        """Every file has been handed on: the totals are what was listed."""
+        self.set_totals(files=self.files_listed, nbytes=self.bytes_listed)
 
     def on_outcome(self, path: Path, outcome: Outcome, result: UploadResult | None,
                    seconds: float) -> None:
@@ -249,6 +259,9 @@ class Tracker:
             await inner(path, relative, signature)
         return submit
 
+    def listing_done(self) -> None:
+        self.progress.listing_done()
+
 
 @contextlib.asynccontextmanager
 async def track_progress(pipeline: Pipeline, *, paths: list[Path], config: Config,
@@ -280,6 +293,11 @@ async def track_progress(pipeline: Pipeline, *, paths: list[Path], config: Confi
 
 
 async def _count(progress: Progress, paths: list[Path], config: Config) -> None:
+    # A walk that ends soon gives the totals itself (`listing_done`); only a big
+    # tree is walked a second time, ahead of the uploads, for an early total.
+    await asyncio.sleep(COUNT_AFTER_SECONDS)
+    if progress.files_total is not None:
+        return
     try:
         files, nbytes = await asyncio.to_thread(count_files, paths, config)
     except OSError:
