@@ -107,3 +107,22 @@ def test_a_non_adaptive_limiter_counts_throttles_but_never_slows_down():
     assert limiter.on_throttle("b/p", sent_at=0.0) is False
     assert limiter.current_rate("b/p") is None
     assert limiter.snapshot()["b/p"].throttles == 1
+
+
+def test_the_collector_is_back_on_before_any_work_starts():
+    """The console command imports with the cyclic GC off (`uploader.entry`); every
+    command that does work runs through `_run_async`, which turns it back on."""
+    import gc
+
+    from uploader.cli import _run_async
+
+    async def work() -> tuple[bool, int]:
+        return gc.isenabled(), gc.get_threshold()[0]
+
+    before = gc.get_threshold()
+    gc.disable()
+    try:
+        assert _run_async(work) == (True, 10_000)
+    finally:
+        gc.enable()
+        gc.set_threshold(*before)

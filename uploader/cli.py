@@ -208,8 +208,10 @@ def _open_existing_journal(config: Config) -> Journal:
 def _run_async(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     # Every upload allocates a few hundred short-lived objects; at CPython's default
     # (a collection every 700 allocations) the cyclic GC took ~12% of the CPU of
-    # many small uploads (bench/throughput.py), at 10,000 about 2%.
+    # many small uploads (bench/throughput.py), at 10,000 about 2%. (The console
+    # command starts with it off, see `uploader.entry`.)
     gc.set_threshold(10_000, 50, 50)
+    gc.enable()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(factory())
 
