@@ -53,7 +53,9 @@ KiB, MiB = 1024, 1024 * 1024
 DATASETS = {"small": (2000, 16 * KiB), "medium": (200, MiB), "large": (2, 256 * MiB)}
 FIXED = "one"  # one 16 KiB file: what a tool costs to start, connect, upload and stop
 ALL_SETS = {**DATASETS, FIXED: (1, 16 * KiB)}
-TOOLS = ("uploader", "s5cmd", "rclone", "boto3", "aioboto3")
+# Ours: the default settings, and `transfer.checksum: crc32c` (vs Content-MD5 per byte).
+OURS = ("uploader", "uploader-crc32c")
+TOOLS = (*OURS, "s5cmd", "rclone", "boto3", "aioboto3")
 BOTO3_THREADS = 32
 DAEMON_POLL_SECONDS = 0.02
 PROFILE_RATE = 1000  # py-spy samples per second
@@ -173,9 +175,11 @@ class Bench:
 
     def command(self, tool: str, dataset: str, bucket: str) -> list[str]:
         src, url = self.data(dataset), self.server.endpoint_url
-        if tool == "uploader":
-            return [str(BIN / "uploader"), "upload", "--config", str(self.oneshot_config()),
-                    "--endpoint-url", url, str(src), f"s3://{bucket}/run/"]
+        if tool in OURS:
+            checksum = tool.partition("-")[2] or "md5"
+            return [str(BIN / "uploader"), "upload", "--config",
+                    str(self.oneshot_config(checksum)), "--endpoint-url", url, str(src),
+                    f"s3://{bucket}/run/"]
         if tool == "s5cmd":
             return [str(BIN / "s5cmd"), "--endpoint-url", url, "--log", "error", "cp",
                     f"{src}/*", f"s3://{bucket}/run/"]
@@ -190,10 +194,11 @@ class Bench:
                 "--peer-bucket", bucket, "--endpoint-url", url,
                 "--concurrency", str(self.concurrency)]
 
-    def oneshot_config(self) -> Path:
-        path = self.work / "oneshot.yaml"
+    def oneshot_config(self, checksum: str = "md5") -> Path:
+        path = self.work / f"oneshot-{checksum}.yaml"
         path.write_text("s3: {addressing_style: path}\n"
-                        f"transfer: {{concurrency: {self.concurrency}, max_parts_in_flight: 16}}\n"
+                        f"transfer: {{concurrency: {self.concurrency}, max_parts_in_flight: 16, "
+                        f"checksum: {checksum}}}\n"
                         "logging: {level: WARNING}\n")
         return path
 
@@ -348,49 +353,66 @@ def report(results: dict[tuple[str, str], list[Run]], sets: list[str], tools: li
            rounds: int) -> None:
     print(f"\nmedians of {rounds} interleaved round(s). CPU: user + system of the client "
           "process and its children; RSS: its peak (max over rounds). 'startup': a run with "
-          "one 16 KiB file (start, connect, upload, stop); the 'net' columns subtract it.")
-    header = (f"{'set':<8}{'tool':<10}{'objects/s':>10}{'MB/s':>8}{'CPU ms/obj':>11}"
-              f"{'net ms/obj':>11}{'CPU s/GB':>9}{'net s/GB':>9}{'RSS MB':>8}")
+          "one 16 KiB file (start, connect, upload, stop, and the server's first write to a "
+          "fresh bucket); the 'net' columns subtract its time and CPU.")
+    header = (f"{'set':<8}{'tool':<16}{'objects/s':>10}{'net obj/s':>10}{'MB/s':>8}"
+              f"{'CPU ms/obj':>11}{'net ms/obj':>11}{'CPU s/GB':>9}{'net s/GB':>9}{'RSS MB':>8}")
     print(header)
     print("-" * len(header))
     for tool in tools:
         if (tool, FIXED) in results:
             r = median_run(results[(tool, FIXED)])
-            print(f"{'startup':<8}{tool:<10}{'':>10}{'':>8}{r.cpu * 1000:>11.0f}{'':>11}"
-                  f"{'':>9}{'':>9}{r.maxrss_mb:>8.0f}")
+            print(f"{'startup':<8}{tool:<16}{r.seconds:>9.2f}s{'':>10}{'':>8}"
+                  f"{r.cpu * 1000:>11.0f}{'':>11}{'':>9}{'':>9}{r.maxrss_mb:>8.0f}")
     for dataset in [*sets, "daemon"]:
         for tool in [*tools, "daemon"]:
             runs = results.get((tool, dataset))
             if not runs:
                 continue
             r = median_run(runs)
-            fixed = results.get(("uploader" if tool == "daemon" else tool, FIXED))
-            net = max(0.0, r.cpu - (median_run(fixed).cpu if fixed else 0.0))
-            print(f"{dataset:<8}{tool:<10}{r.objects_per_s:>10.0f}{r.mb_per_s:>8.1f}"
-                  f"{r.cpu_ms_per_object:>11.3f}{net * 1000 / r.objects:>11.3f}"
-                  f"{r.cpu_s_per_gb:>9.2f}{net / (r.nbytes / 1e9):>9.2f}{r.maxrss_mb:>8.0f}")
-    print("\nuploader's ratios: throughput ours/theirs (higher is better), of the medians and "
-          "of each tool's best round (the machine is shared: noise only ever slows a run "
-          "down); CPU ours/theirs (lower is better), medians")
-    for dataset in sets:
-        if ("uploader", dataset) not in results:
-            continue
-        ours = results[("uploader", dataset)]
-        mine = median_run(ours)
-        for tool in tools:
-            if tool == "uploader" or (tool, dataset) not in results:
+            fixed = _fixed(results, tool)
+            net_cpu = max(0.0, r.cpu - fixed.cpu) if fixed else r.cpu
+            print(f"{dataset:<8}{tool:<16}{r.objects_per_s:>10.0f}"
+                  f"{_net_rate(r, fixed):>10.0f}{r.mb_per_s:>8.1f}"
+                  f"{r.cpu_ms_per_object:>11.3f}{net_cpu * 1000 / r.objects:>11.3f}"
+                  f"{r.cpu_s_per_gb:>9.2f}{net_cpu / (r.nbytes / 1e9):>9.2f}{r.maxrss_mb:>8.0f}")
+    print("\nour ratios: throughput ours/theirs (higher is better), of the medians, of each "
+          "tool's best round (the machine is shared: noise only ever slows a run down) and "
+          "net of each tool's start-up run; CPU ours/theirs (lower is better), medians")
+    for ours_name in OURS:
+        for dataset in sets:
+            if (ours_name, dataset) not in results:
                 continue
-            theirs = median_run(results[(tool, dataset)])
-            best = (min(r.seconds for r in results[(tool, dataset)])
-                    / min(r.seconds for r in ours))
-            print(f"  {dataset:<7} vs {tool:<9} throughput x{theirs.seconds / mine.seconds:5.2f}"
-                  f" (best x{best:5.2f})   CPU x{mine.cpu / theirs.cpu:5.2f}")
+            ours = results[(ours_name, dataset)]
+            mine = median_run(ours)
+            for tool in tools:
+                if tool in OURS or (tool, dataset) not in results:
+                    continue
+                theirs = median_run(results[(tool, dataset)])
+                best = (min(r.seconds for r in results[(tool, dataset)])
+                        / min(r.seconds for r in ours))
+                net = (_net_rate(mine, _fixed(results, ours_name))
+                       / _net_rate(theirs, _fixed(results, tool)))
+                print(f"  {ours_name:<16}{dataset:<7} vs {tool:<9} throughput "
+                      f"x{theirs.seconds / mine.seconds:5.2f} (best x{best:5.2f}, "
+                      f"net x{net:5.2f})   CPU x{mine.cpu / theirs.cpu:5.2f}")
     daemon, oneshot = results.get(("daemon", "daemon")), results.get(("uploader", "small"))
     if daemon and oneshot:
         d, o = median_run(daemon), median_run(oneshot)
         print(f"  daemon (watch -> journal -> upload) vs one-shot, small set: "
               f"{d.objects_per_s / o.objects_per_s:.0%} of the one-shot's objects/s, "
               f"CPU x{d.cpu / o.cpu:.2f}")
+
+
+def _fixed(results: dict[tuple[str, str], list[Run]], tool: str) -> Run | None:
+    runs = results.get(("uploader" if tool == "daemon" else tool, FIXED))
+    return median_run(runs) if runs else None
+
+
+def _net_rate(run: Run, fixed: Run | None) -> float:
+    """Objects per second once started: the run's time less the one-file run's."""
+    seconds = run.seconds - (fixed.seconds if fixed else 0.0)
+    return run.objects / max(seconds, 1e-9)
 
 
 def rotated(tools: list[str], by: int) -> list[str]:
@@ -438,7 +460,7 @@ def main() -> None:
                 for tool in rotated(args.tools, number):
                     run = bench.run(tool, dataset)
                     results.setdefault((tool, dataset), []).append(run)
-                    print(f"  round {number + 1} {dataset:<7}{tool:<10}{run.seconds:7.2f}s "
+                    print(f"  round {number + 1} {dataset:<7}{tool:<16}{run.seconds:7.2f}s "
                           f"{run.objects_per_s:8.0f} obj/s {run.mb_per_s:7.1f} MB/s  "
                           f"CPU {run.cpu:6.2f}s  RSS {run.maxrss_mb:5.0f} MB", flush=True)
             if not args.no_daemon and "small" in args.sets:

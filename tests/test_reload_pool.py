@@ -21,7 +21,7 @@ class GatedPipeline:
         self.changed = asyncio.Event()
         self.peak = 0  # most files running at once since last reset
 
-    async def process(self, path: Path, relative: str) -> Outcome:
+    async def process(self, path: Path, relative: str, *, signature: object = None) -> Outcome:
         self.running.add(path)
         self.peak = max(self.peak, len(self.running))
         self.changed.set()

@@ -126,3 +126,92 @@ def test_the_collector_is_back_on_before_any_work_starts():
     finally:
         gc.enable()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("ignore_hidden, ignore_temporary", [(True, True), (False, False)])
+def test_the_combined_filter_decides_as_the_globs_one_by_one(ignore_hidden, ignore_temporary):
+    """One regex per list (and one for the temporary names) decides exactly as matching
+    each glob in turn, the documented semantics."""
+    from uploader.filters import TEMPORARY_PATTERNS, matches_any
+
+    include, exclude = ["**/*.csv", "data/**", "top.txt"], ["**/skip/**", "*.bak"]
+    wanted = FileFilter(SourceConfig(directory="/d", include=include, exclude=exclude,
+                                     ignore_hidden=ignore_hidden,
+                                     ignore_temporary=ignore_temporary))
+
+    def by_the_globs(path: str) -> bool:
+        name = path.split("/")[-1]
+        if ignore_hidden and any(part.startswith(".") for part in path.split("/")):
+            return False
+        if ignore_temporary and matches_any(name, TEMPORARY_PATTERNS):
+            return False
+        return not matches_any(path, exclude) and matches_any(path, include)
+
+    paths = ["a.csv", "x/y/a.csv", "data/anything", "data/deep/er.bin", "top.txt",
+             "sub/top.txt", "x/skip/a.csv", "a.bak", "d/a.bak", ".h/a.csv", "a/.h.csv",
+             "data/.hidden", "a.csv.part", "data/#x#", "data/.#lock", "data/f~",
+             "data/x.swp", "data/x.tmp", "x.csv.crdownload"]
+    decisions = {path: wanted.wants_file(path) for path in paths}
+    assert decisions == {path: by_the_globs(path) for path in paths}
+    assert decisions["x/y/a.csv"] and not decisions["x/skip/a.csv"]
+    assert decisions["data/.hidden"] is (not ignore_hidden)
+    assert decisions["data/x.tmp"] is (not ignore_temporary)
+
+
+def test_the_walker_hands_on_relative_paths_and_stats(tmp_path):
+    from uploader.sources.walk import TreeWalker
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f.csv").write_bytes(b"12345")
+    (tmp_path / "top.csv").write_bytes(b"1")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "g.csv").write_bytes(b"1")
+    walker = TreeWalker(root=tmp_path, file_filter=FileFilter(SourceConfig(directory=tmp_path)))
+    found = {f.relative: (f.path, f.stat.st_size) for f in walker.files()}
+    assert found == {"a/b/f.csv": (tmp_path / "a" / "b" / "f.csv", 5),
+                     "top.csv": (tmp_path / "top.csv", 1)}
+    below = [f.relative for f in walker.files(tmp_path / "a")]
+    assert below == ["a/b/f.csv"]  # relative to the root, not to where the walk began
+
+
+def test_a_file_written_to_while_it_was_read_is_caught_on_the_descriptor(tmp_path):
+    import os
+
+    from uploader.errors import SourceChanged
+    from uploader.transfer.job import (
+        FileJob,
+        ensure_read_unchanged,
+        open_for_upload,
+        stat_signature,
+    )
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    job = FileJob(path=path, relative="f", key="f", signature=stat_signature(path))
+    fd = open_for_upload(job)
+    try:
+        ensure_read_unchanged(fd, job)  # untouched: fine
+        with open(path, "ab") as writer:  # appended to in place: same inode, new size
+            writer.write(b"more")
+        with pytest.raises(SourceChanged, match="changed during its upload"):
+            ensure_read_unchanged(fd, job)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("endpoint, proxy, expected", [
+    ("http://127.0.0.1:8333", None, False),  # plain HTTP: no CA bundle to load
+    ("HTTP://minio.local:9000", None, False),
+    ("http://127.0.0.1:8333", "http://proxy:3128", None),  # a proxy may speak TLS
+    ("https://minio.local:9000", None, None),  # botocore's default: verify
+    (None, None, None),  # AWS
+])
+def test_tls_is_verified_unless_the_endpoint_is_plain_http(monkeypatch, endpoint, proxy,
+                                                           expected):
+    from uploader.s3client import tls_verification
+
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+    assert tls_verification(endpoint) is expected
