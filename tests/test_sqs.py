@@ -78,6 +78,11 @@ def sqs_config(daemon_config, moto_server, fault_proxy, queue, tmp_path):
             source={"type": "sqs", "queue_url": queue.url,
                     "endpoint_url": moto_server.endpoint_url, "wait_time_seconds": 1,
                     "visibility_timeout_seconds": 5, **source},
+            # moto's SQS serialises every call and scans the whole queue in each; with
+            # 5 s visibility, 3 processes holding 64 messages each (the default) spend the
+            # timeout on heartbeats alone. 16 in hand each keeps the fleet tests about
+            # exactly-once, not about moto's speed.
+            transfer={"concurrency": 16},
             retry={"retry_later_seconds": 2})
     return make
 

@@ -53,7 +53,8 @@ class DataPath(Protocol):
 
 
 def connection_pool_size(config: Config) -> int:
-    """Requests that can be in flight at once: a PUT per file worker plus the parts."""
+    """Requests that can be in flight at once at start: a PUT per file worker plus the
+    parts (the control-plane client's pool; the data path's follows reloads)."""
     t = config.transfer
     return t.concurrency + t.max_parts_in_flight + 4
 
@@ -201,7 +202,11 @@ async def open_data_path(config: Config, *, client: Any,
 
 def _http_session(config: Config, *, tls: ssl.SSLContext | bool) -> aiohttp.ClientSession:
     t = config.transfer
-    connector = aiohttp.TCPConnector(limit=connection_pool_size(config), limit_per_host=0,
+    # No cap of the connector's own: requests in flight are already bounded by the
+    # worker pool (a PUT each) and the part slots, and those follow a reload of
+    # `transfer.concurrency`; a fixed cap sized at start would hold a raised
+    # concurrency back. Idle connections close after KEEPALIVE_SECONDS.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0,
                                      keepalive_timeout=KEEPALIVE_SECONDS, ssl=tls)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_timeout_seconds,
                                     sock_read=t.read_timeout_seconds)
