@@ -305,16 +305,27 @@ def summarize_profile(raw: Path, *, title: str) -> str:
 # Which part of a run a sampled stack belongs to: the first marker found, outermost first.
 PHASES = (("_find_and_load", "start-up: importing modules"),
           ("open_s3 ", "start-up: building the S3 client and data path"),
-          ("WorkerPool._work", "uploading: read, checksum, sign, send (per file)"),
-          ("_submit_tree", "listing the tree (per file)"),
-          ("count_files", "listing the tree (per file)"))
+          ("_oneshot_config ", "start-up: reading and checking the configuration"),
+          ("setup_logging ", "start-up: reading and checking the configuration"),
+          # A resumed coroutine's stack may lack its task's outer frames: any of these
+          # is a worker's file in flight.
+          *((marker, "per file: read, checksum, sign, send (the workers)")
+            for marker in ("WorkerPool._work", "Pipeline.", "put_file", "RetryPolicy.",
+                           "TransferContext.", "AiohttpDataPath.", "ClientSession.",
+                           "ClientRequest.", "ClientResponse.", "StreamWriter.",
+                           "RequestSigner.", "RateLimiter.", "BaseConnector.", "TCPConnector.",
+                           "_BaseRequestContextManager.")),
+          ("_submit_tree", "per file: listing the tree"),
+          ("count_files", "per file: listing the tree"),
+          ("Journal.", "per file: the journal"),
+          ("Runner.run", "per file: the event loop (socket I/O, HTTP responses, wake-ups)"))
 
 
 def _phase(frames: list[str]) -> str:
     for marker, phase in PHASES:
         if any(frame.startswith(marker) for frame in frames):
             return phase
-    return "other (config, event loop, journal, shutdown)"
+    return "other (argument parsing, shutdown)"
 
 
 # --------------------------------------------------------------------- peers
