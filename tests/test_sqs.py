@@ -105,7 +105,10 @@ def test_three_uploaders_drain_a_queue_exactly_once_despite_a_sigkill(
     root = tmp_path / "outbox"  # the "shared filesystem": source.directory
     files = share_files(root, 1000)
     queue.send([json.dumps({"path": str(path)}) for path in files])
-    config = sqs_config()
+    # 10 s, not 5: on moto (every SQS call serialised, scanning the whole queue) a heartbeat
+    # can come late under load, a message then reappears to a second process and, at the
+    # third receive, goes to the DLQ although its file was uploaded exactly once.
+    config = sqs_config(visibility_timeout_seconds=10)
     fleet = [daemon_factory(config) for _ in range(3)]
 
     fault_proxy.wait_for(300, timeout=120, where=lambda r: r.is_put_object and r.ok)
