@@ -254,7 +254,18 @@ async def test_two_instances_racing_on_one_file_publish_it_once(
                                  source={"type": "sqs", "queue_url": "http://127.0.0.1:1/q"})
             svc = await stack.enter_async_context(services(config, journal=journal))
             pipelines.append(svc.pipeline)
-        outcomes = await asyncio.gather(*(p.process(path, "dup.bin") for p in pipelines))
+        a, b = (p.process(path, "dup.bin") for p in pipelines)
+        if size < PART:  # both HEADs answer, then both PUTs meet at the server
+            outcomes = await asyncio.gather(a, b)
+        else:
+            # b starts once a's upload is created: b's HEAD (0.3 s) still answers before
+            # a's parts and Complete (0.3 s each) land, and the two Completes do not meet
+            # at the server in the same instant, where SeaweedFS's own If-None-Match
+            # check is not atomic (both then succeed; on AWS one gets 412 or 409).
+            first = asyncio.ensure_future(a)
+            await fault_proxy.wait_for_async(timeout=30, where=lambda r: (
+                r.method == "POST" and "uploads" in r.query_params and r.ok))
+            outcomes = await asyncio.gather(first, b)
     assert sorted(o.value for o in outcomes) == ["already uploaded", "uploaded"]
     assert fault_proxy.completed_uploads("in/dup.bin") == 1
     assert fault_proxy.count(status=412) == 1
