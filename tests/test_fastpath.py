@@ -173,6 +173,21 @@ async def test_the_botocore_setting_sends_everything_through_aioboto3(
         assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
 
 
+async def upload_files(config, folder: Path, count: int, *,
+                       workers: int | None = None) -> None:  # noqa: ANN001
+    """`count` files f000.. of `folder` through the worker pool (resized to `workers`)."""
+    journal = Journal(":memory:")
+    async with services(config, journal=journal) as svc:
+        svc.pool.start()
+        if workers is not None:
+            svc.pool.resize(workers)  # as SIGHUP does
+        for i in range(count):
+            await svc.pool.submit(folder / f"f{i:03d}", f"f{i:03d}")
+        await svc.pool.join()
+        await svc.pool.stop(grace_seconds=0)
+    journal.close()
+
+
 async def test_a_raised_concurrency_gets_its_connections_at_once(
         tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
     """A reload that raises transfer.concurrency is not held back by a connection pool
@@ -182,15 +197,7 @@ async def test_a_raised_concurrency_gets_its_connections_at_once(
     config = make_config(tmp_path, fault_proxy.url, bucket,
                          transfer={"concurrency": 2, "max_parts_in_flight": 1})
     fault_proxy.latency = 0.3  # each PUT holds its connection for a while
-    journal = Journal(":memory:")
-    async with services(config, journal=journal) as svc:
-        svc.pool.start()
-        svc.pool.resize(24)  # as SIGHUP does; 2 + 1 + 4 connections were sized at start
-        for i in range(48):
-            await svc.pool.submit(tmp_path / f"f{i:03d}", f"f{i:03d}")
-        await svc.pool.join()
-        await svc.pool.stop(grace_seconds=0)
-    journal.close()
+    await upload_files(config, tmp_path, 48, workers=24)  # 2 + 1 + 4 sized at start
     assert fault_proxy.count(method="PUT", forwarded=True, ok=True) == 48
     assert fault_proxy.counters()["connections"] >= 20
 
@@ -201,14 +208,7 @@ async def test_connections_are_kept_alive_and_bounded_by_concurrency(
         (tmp_path / f"f{i:03d}").write_bytes(os.urandom(100 + i))
     config = make_config(tmp_path, fault_proxy.url, bucket,
                          transfer={"concurrency": 4, "max_parts_in_flight": 1})
-    journal = Journal(":memory:")
-    async with services(config, journal=journal) as svc:
-        svc.pool.start()
-        for i in range(120):
-            await svc.pool.submit(tmp_path / f"f{i:03d}", f"f{i:03d}")
-        await svc.pool.join()
-        await svc.pool.stop(grace_seconds=0)
-    journal.close()
+    await upload_files(config, tmp_path, 120)
     assert fault_proxy.count(method="PUT", forwarded=True, ok=True) == 120
     # 4 workers' PUTs + the control plane's few: far fewer connections than requests.
     assert fault_proxy.counters()["connections"] <= 4 + 1 + 4 + 2
