@@ -152,10 +152,11 @@ def run_child(cmd: list[str], *, env: dict[str, str], log: Path,
 
 # --------------------------------------------------------------------- tools
 class Bench:
-    def __init__(self, *, server, work: Path, concurrency: int) -> None:
+    def __init__(self, *, server, work: Path, concurrency: int, cold: bool = False) -> None:
         self.server = server
         self.work = work
         self.concurrency = concurrency
+        self.cold = cold
         self.admin = server.boto3_client()
         self.env = {**os.environ, **server.env(), "AWS_EC2_METADATA_DISABLED": "true"}
         self.log = work / "children.log"
@@ -211,6 +212,8 @@ class Bench:
     def run(self, tool: str, dataset: str) -> Run:
         count, size = ALL_SETS[dataset]
         bucket = self.fresh_bucket(tool, dataset)
+        if self.cold:
+            evict_from_page_cache(self.data(dataset))
         child = run_child(self.command(tool, dataset, bucket), env=self.env, log=self.log)
         if child.returncode != 0:
             raise SystemExit(f"{tool} on {dataset} exited {child.returncode}; see {self.log}")
@@ -232,6 +235,8 @@ class Bench:
             "logging: {level: WARNING}\n"
             "metrics: {listen: '127.0.0.1:0'}\n")
         journal = state / "journal.sqlite3"
+        if self.cold:
+            evict_from_page_cache(self.data("small"))
 
         def all_uploaded() -> bool:
             if not journal.exists():
@@ -378,6 +383,18 @@ def write_data(root: Path, sets: list[str]) -> None:
         folder.mkdir(parents=True)
         for i in range(count):
             (folder / f"{name}-{i:05d}.bin").write_bytes(os.urandom(size))
+    os.sync()  # clean pages, so that --cold can evict them
+
+
+def evict_from_page_cache(folder: Path) -> None:
+    """Drop the files' pages from the page cache (clean pages: the data was fsynced), so
+    the next run reads them from disk, as a daemon catching up on a backlog does."""
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -466,6 +483,9 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--concurrency", type=int, default=256,
                         help="files in flight for every tool but boto3 (s5cmd's own default)")
+    parser.add_argument("--cold", action="store_true",
+                        help="evict each data set from the page cache before every run "
+                        "(files read from disk, as after a restart with a backlog)")
     parser.add_argument("--no-daemon", action="store_true", help="skip the daemon path")
     parser.add_argument("--profile", type=Path, help="also write a py-spy text profile of "
                         "the small-object one-shot here")
@@ -489,7 +509,8 @@ def main() -> None:
     try:
         server.start()
         write_data(work, args.sets)
-        bench = Bench(server=server, work=work, concurrency=args.concurrency)
+        bench = Bench(server=server, work=work, concurrency=args.concurrency,
+                      cold=args.cold)
         print(f"SeaweedFS at {server.endpoint_url}; {os.cpu_count()} CPUs; concurrency "
               f"{args.concurrency}; data in {work}")
         results: dict[tuple[str, str], list[Run]] = {}

@@ -14,8 +14,10 @@ from uploader.transfer.job import (
     open_for_upload,
     read_range,
 )
+from uploader.transfer.pagecache import read_when_cached
 
-# Reading (and checksumming) below this size in the loop's thread is cheaper than a thread hop.
+# Reading (and checksumming) below this size in the loop's thread is cheaper than a
+# thread hop, once the page cache holds the file.
 INLINE_READ_LIMIT = 256 * 1024
 
 
@@ -33,8 +35,24 @@ async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
 
 async def _read_whole(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
     if job.size <= INLINE_READ_LIMIT:
-        return _read_checked(job, algorithm)
+        body = await _read_inline(job)
+        if body is not None:
+            return body, request_parameters(algorithm, body)
+    # Open to close in the thread: a cancelled caller must not close the
+    # descriptor under a read still running there.
     return await asyncio.to_thread(_read_checked, job, algorithm)
+
+
+async def _read_inline(job: FileJob) -> bytes | None:
+    """In the loop's thread, never waiting for the disk; None if it is slow today."""
+    fd = open_for_upload(job)
+    try:
+        body = await read_when_cached(fd, length=job.size, path=job.path)
+        if body is not None:
+            ensure_read_unchanged(fd, job)
+        return body
+    finally:
+        os.close(fd)
 
 
 def _read_checked(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
