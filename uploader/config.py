@@ -149,10 +149,12 @@ class TransferConfig(Section):
         "chain, several times less CPU per request. `botocore`: everything through aioboto3 "
         "(a fallback). Control requests (multipart create/complete/abort, listings, HEAD) "
         "always use aioboto3.")
-    checksum: Literal["md5", "crc32", "crc32c", "sha256", "none"] = Field(
-        "md5", description="Integrity check sent with every PUT and part so the server rejects "
-        "corrupted bytes. `md5` (Content-MD5) works on AWS and every S3-compatible server; "
-        "`crc32`/`crc32c`/`sha256` use the newer `x-amz-checksum-*` headers.")
+    checksum: Literal["auto", "md5", "crc32", "crc32c", "sha256", "none"] = Field(
+        "auto", description="Integrity check sent with every PUT and part so the server "
+        "rejects corrupted bytes. `md5` (Content-MD5) works on AWS and every S3-compatible "
+        "server; `crc32`/`crc32c`/`sha256` use the newer `x-amz-checksum-*` headers. `auto`: "
+        "`crc32c` on AWS (`s3.endpoint_url` unset or on amazonaws.com; a fraction of MD5's "
+        "CPU), `md5` on any other endpoint.")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="TCP connect timeout.")
     read_timeout_seconds: float = Field(
         60.0, gt=0, description="Time allowed without progress on a response.")

@@ -8,6 +8,7 @@ import mimetypes
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
+from uploader.checksums import resolve as resolve_checksum
 from uploader.config import Config
 from uploader.journal import Journal
 from uploader.limiter import partition_for
@@ -56,7 +57,8 @@ class TransferContext:
         if s3.sse_kms_key_id:
             params["SSEKMSKeyId"] = s3.sse_kms_key_id
         return cls(client=client, data=data or BotocoreDataPath(client), bucket=s3.bucket,
-                   retry=retry, journal=journal, checksum=t.checksum,
+                   retry=retry, journal=journal,
+                   checksum=resolve_checksum(t.checksum, s3.endpoint_url),
                    multipart_threshold=t.multipart_threshold, part_size=t.part_size,
                    part_slots=asyncio.Semaphore(t.max_parts_in_flight),
                    parts_per_file=t.max_parts_in_flight,
