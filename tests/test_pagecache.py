@@ -16,6 +16,8 @@ import ctypes.util
 import functools
 import mmap
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,12 @@ from test_fastpath import make_config
 from uploader.journal import Journal
 from uploader.pipeline import Outcome
 from uploader.transfer import pagecache
-from uploader.transfer.pagecache import read_if_cached, read_when_cached
+from uploader.transfer.pagecache import (
+    CannotTell,
+    in_memory_filesystem,
+    read_if_cached,
+    read_when_cached,
+)
 from uploader.wiring import services
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -116,6 +123,48 @@ async def test_an_evicted_file_comes_back_by_readahead_without_a_thread(tmp_path
     finally:
         os.close(fd)
     assert executor.calls == []
+
+
+@pytest.fixture
+def tmpfs_dir():
+    """A folder on tmpfs, which cannot answer RWF_NOWAIT (EOPNOTSUPP) but never waits."""
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="uploader-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_filesystem_in_memory_is_read_inline_without_polling(tmpfs_dir, executor,
+                                                                      monkeypatch):
+    use(executor)
+    monkeypatch.setattr(pagecache, "CACHE_POLL_DELAYS", (3600,))  # a poll would hang
+    path, data = tmpfs_dir / "f.bin", os.urandom(16 * 1024)
+    path.write_bytes(data)
+    assert in_memory_filesystem(path.stat().st_dev)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(CannotTell):
+            read_if_cached(fd, length=len(data), path=path)
+        body = await asyncio.wait_for(read_when_cached(fd, length=len(data), path=path), 10)
+    finally:
+        os.close(fd)
+    assert body == data and executor.calls == []
+
+
+async def test_another_filesystem_that_cannot_tell_is_left_to_a_thread_at_once(tmp_path,
+                                                                               monkeypatch):
+    """sysfs cannot answer RWF_NOWAIT and is not a filesystem of files in memory we know:
+    the caller reads in a thread, without polls first."""
+    monkeypatch.setattr(pagecache, "CACHE_POLL_DELAYS", (3600,))  # a poll would hang
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    assert not in_memory_filesystem(path.stat().st_dev)
+    assert not in_memory_filesystem(tmp_path.stat().st_dev)  # the disk the tests write on
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(CannotTell):
+            read_if_cached(fd, length=16, path=path)
+        assert await asyncio.wait_for(read_when_cached(fd, length=16, path=path), 10) is None
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("disk", ["fast", "slower than the polls"])

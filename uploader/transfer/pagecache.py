@@ -9,12 +9,17 @@ Linux not to wait (RWF_NOWAIT); on a miss it starts the kernel's readahead
 (POSIX_FADV_WILLNEED, ~8 us) and looks again after short sleeps, while the
 loop serves other files. Only a disk slower than CACHE_POLL_DELAYS in all
 leaves the read to a thread.
+
+Some filesystems cannot answer without waiting (RWF_NOWAIT unsupported:
+tmpfs, several network filesystems). A file in memory (tmpfs, ramfs) is
+read inline, as it never waits; any other is read in a thread, at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 from pathlib import Path
 
@@ -23,12 +28,18 @@ from uploader.transfer.job import read_range
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux only
 CACHE_POLL_DELAYS = (0.001, 0.002, 0.004, 0.008, 0.016)  # seconds: 31 ms in all
+IN_MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+class CannotTell(Exception):
+    """The file's filesystem does not support RWF_NOWAIT."""
 
 
 def read_if_cached(fd: int, *, length: int, path: Path) -> bytes | None:
     """The first `length` bytes if the page cache holds them all, else None.
 
     Where RWF_NOWAIT does not exist, reads them, waiting (the plain read).
+    Raises CannotTell where the filesystem does not support it.
     """
     if _NOWAIT is None:
         return read_range(fd, offset=0, length=length, path=path)
@@ -38,8 +49,8 @@ def read_if_cached(fd: int, *, length: int, path: Path) -> bytes | None:
     except BlockingIOError:
         return None
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it
-            return None
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise CannotTell(path) from None
         raise SourceUnreadable(f"{path}: read failed: {exc.strerror}") from None
     # Short: partly cached, or the file shrank; a plain read tells which.
     return bytes(buffer) if count == length else None
@@ -47,8 +58,14 @@ def read_if_cached(fd: int, *, length: int, path: Path) -> bytes | None:
 
 async def read_when_cached(fd: int, *, length: int, path: Path) -> bytes | None:
     """The first `length` bytes, once the page cache has them; None if the disk took
-    longer than CACHE_POLL_DELAYS (then read with a plain, waiting read)."""
-    body = read_if_cached(fd, length=length, path=path)
+    longer than CACHE_POLL_DELAYS, or if it cannot tell (then read with a plain, waiting
+    read in a thread)."""
+    try:
+        body = read_if_cached(fd, length=length, path=path)
+    except CannotTell:
+        if not in_memory_filesystem(os.fstat(fd).st_dev):
+            return None
+        return read_range(fd, offset=0, length=length, path=path)  # never waits for a disk
     if body is not None:
         return body
     os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)  # starts the read, returns
@@ -58,3 +75,24 @@ async def read_when_cached(fd: int, *, length: int, path: Path) -> bytes | None:
         if body is not None:
             return body
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def in_memory_filesystem(device: int) -> bool:
+    """Whether `device` (a stat's st_dev) is a filesystem held in memory (tmpfs, ramfs).
+
+    From /proc/self/mountinfo (the last mount of a device wins; "major:minor" is
+    field 3, the filesystem type follows " - "). Unknown: False.
+    """
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    found = False
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields, _, rest = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) > 2 and parts[2] == wanted and rest:
+                    found = rest.split()[0] in IN_MEMORY_FILESYSTEMS
+    except OSError:
+        return False
+    return found
