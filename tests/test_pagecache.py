@@ -28,7 +28,7 @@ from uploader.pipeline import Outcome
 from uploader.transfer import pagecache
 from uploader.transfer.pagecache import (
     CannotTell,
-    in_memory_filesystem,
+    filesystem_type,
     read_if_cached,
     read_when_cached,
 )
@@ -133,13 +133,13 @@ def tmpfs_dir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-async def test_a_filesystem_in_memory_is_read_inline_without_polling(tmpfs_dir, executor,
+async def test_tmpfs_is_read_inline_without_polling(tmpfs_dir, executor,
                                                                       monkeypatch):
     use(executor)
     monkeypatch.setattr(pagecache, "CACHE_POLL_DELAYS", (3600,))  # a poll would hang
     path, data = tmpfs_dir / "f.bin", os.urandom(16 * 1024)
     path.write_bytes(data)
-    assert in_memory_filesystem(path.stat().st_dev)
+    assert filesystem_type(path.stat().st_dev) == "tmpfs"
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(CannotTell):
@@ -150,14 +150,13 @@ async def test_a_filesystem_in_memory_is_read_inline_without_polling(tmpfs_dir, 
     assert body == data and executor.calls == []
 
 
-async def test_another_filesystem_that_cannot_tell_is_left_to_a_thread_at_once(tmp_path,
-                                                                               monkeypatch):
-    """sysfs cannot answer RWF_NOWAIT and is not a filesystem of files in memory we know:
-    the caller reads in a thread, without polls first."""
+async def test_another_filesystem_that_cannot_tell_is_left_to_a_thread_at_once(monkeypatch):
+    """sysfs cannot answer RWF_NOWAIT, and is not one read inline anyway (as a network
+    filesystem would not be): the caller reads in a thread, without polls first."""
     monkeypatch.setattr(pagecache, "CACHE_POLL_DELAYS", (3600,))  # a poll would hang
     path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    assert not in_memory_filesystem(path.stat().st_dev)
-    assert not in_memory_filesystem(tmp_path.stat().st_dev)  # the disk the tests write on
+    assert filesystem_type(path.stat().st_dev) == "sysfs"
+    assert filesystem_type(Path("/proc").stat().st_dev) == "proc"
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(CannotTell):

@@ -11,8 +11,10 @@ loop serves other files. Only a disk slower than CACHE_POLL_DELAYS in all
 leaves the read to a thread.
 
 Some filesystems cannot answer without waiting (RWF_NOWAIT unsupported:
-tmpfs, several network filesystems). A file in memory (tmpfs, ramfs) is
-read inline, as it never waits; any other is read in a thread, at once.
+tmpfs, overlay, several network filesystems). A file on tmpfs or ramfs is
+read inline (it never waits), as is one on overlay (a container's own
+filesystem, on a local disk: read inline as before); on any other (NFS, SMB,
+FUSE...: a read may wait for the network) it is read in a thread, at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from uploader.transfer.job import read_range
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux only
 CACHE_POLL_DELAYS = (0.001, 0.002, 0.004, 0.008, 0.016)  # seconds: 31 ms in all
-IN_MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+# Without RWF_NOWAIT, but read inline anyway: in memory, or on a local disk.
+INLINE_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "overlay"})
 
 
 class CannotTell(Exception):
@@ -63,9 +66,9 @@ async def read_when_cached(fd: int, *, length: int, path: Path) -> bytes | None:
     try:
         body = read_if_cached(fd, length=length, path=path)
     except CannotTell:
-        if not in_memory_filesystem(os.fstat(fd).st_dev):
+        if filesystem_type(os.fstat(fd).st_dev) not in INLINE_FILESYSTEMS:
             return None
-        return read_range(fd, offset=0, length=length, path=path)  # never waits for a disk
+        return read_range(fd, offset=0, length=length, path=path)
     if body is not None:
         return body
     os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)  # starts the read, returns
@@ -78,21 +81,21 @@ async def read_when_cached(fd: int, *, length: int, path: Path) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=64)
-def in_memory_filesystem(device: int) -> bool:
-    """Whether `device` (a stat's st_dev) is a filesystem held in memory (tmpfs, ramfs).
+def filesystem_type(device: int) -> str | None:
+    """The type of the filesystem mounted as `device` (a stat's st_dev), e.g. "ext4".
 
     From /proc/self/mountinfo (the last mount of a device wins; "major:minor" is
-    field 3, the filesystem type follows " - "). Unknown: False.
+    field 3, the type follows " - "). None if unknown.
     """
     wanted = f"{os.major(device)}:{os.minor(device)}"
-    found = False
+    found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
             for line in mounts:
                 fields, _, rest = line.partition(" - ")
                 parts = fields.split()
                 if len(parts) > 2 and parts[2] == wanted and rest:
-                    found = rest.split()[0] in IN_MEMORY_FILESYSTEMS
+                    found = rest.split()[0]
     except OSError:
-        return False
+        return None
     return found
