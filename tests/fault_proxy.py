@@ -157,6 +157,8 @@ class _TokenBucket:
 @dataclass
 class _Faults:
     write_rate_per_prefix: float | None = None
+    # Per partition ("bucket/first-segment"), instead of write_rate_per_prefix.
+    write_rates: dict[str, float] = field(default_factory=dict)
     burst_seconds: float = DEFAULT_BURST_SECONDS
     error_rate: float = 0.0
     reset_rate: float = 0.0
@@ -506,7 +508,7 @@ class FaultProxy:
     def _set(self, name: str, value: Any) -> None:
         with self._cond:
             setattr(self._faults, name, value)
-            if name in ("write_rate_per_prefix", "burst_seconds"):
+            if name in ("write_rate_per_prefix", "write_rates", "burst_seconds"):
                 self._faults.buckets.clear()  # new limits start with full buckets
 
     def _get(self, name: str) -> Any:
@@ -521,6 +523,15 @@ class FaultProxy:
     @write_rate_per_prefix.setter
     def write_rate_per_prefix(self, rate: float | None) -> None:
         self._set("write_rate_per_prefix", rate)
+
+    @property
+    def write_rates(self) -> dict[str, float]:
+        """Allowed writes per second for the partitions named (others: write_rate_per_prefix)."""
+        return dict(self._get("write_rates"))
+
+    @write_rates.setter
+    def write_rates(self, rates: dict[str, float]) -> None:
+        self._set("write_rates", dict(rates))
 
     @property
     def burst_seconds(self) -> float:
@@ -587,7 +598,7 @@ class FaultProxy:
                 return RESET
             if faults.error_rate and self._rng.random() < faults.error_rate:
                 return self._rng.choice(("InternalError", "ServiceUnavailable"))
-            rate = faults.write_rate_per_prefix
+            rate = faults.write_rates.get(record.partition, faults.write_rate_per_prefix)
             if rate and record.method in WRITE_METHODS:
                 bucket = faults.buckets.get(record.partition)
                 if bucket is None:

@@ -191,6 +191,18 @@ def test_slowdown_per_prefix(pc: Any, fault_proxy: FaultProxy, bucket: str) -> N
     assert fault_proxy.completed_uploads("a1/second", bucket=bucket) == 1
 
 
+def test_a_write_rate_for_one_partition_leaves_the_others_alone(
+        pc: Any, fault_proxy: FaultProxy, bucket: str) -> None:
+    fault_proxy.write_rates = {f"{bucket}/slow": 0.5}  # capacity 1: one PUT, then throttled
+    pc.put_object(Bucket=bucket, Key="slow/first", Body=b"x")
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        pc.put_object(Bucket=bucket, Key="slow/second", Body=b"y")
+    assert _code(info.value) == ("SlowDown", 503)
+    for i in range(5):
+        pc.put_object(Bucket=bucket, Key=f"fast/{i}", Body=b"z")
+    assert fault_proxy.count(fault="throttle") == 1
+
+
 def test_error_rate_gives_500_and_503(pc: Any, fault_proxy: FaultProxy, bucket: str) -> None:
     fault_proxy.error_rate = 1.0
     codes = set()

@@ -28,6 +28,7 @@ from uploader.errors import (
 )
 from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
 from uploader.keys import KeyNamer
+from uploader.limiter import partition_for
 from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, Signature, stat_signature
@@ -93,6 +94,10 @@ class Pipeline:
         self.totals = Totals()
         self.started_at = time.time()
         self.listeners: list[OutcomeListener] = []  # metrics, progress
+
+    def partition_of(self, relative: str) -> str:
+        """The rate-limiter partition the file at `relative` is uploaded to."""
+        return partition_for(self.ctx.bucket, self.keys.key(relative))
 
     async def process(self, path: Path, relative: str,
                       metadata: dict[str, str] | None = None, *,

@@ -50,7 +50,9 @@ async def services(config: Config, *, journal: Journal) -> AsyncIterator[Service
                             shared_work=config.source.type == "sqs")
         pool = WorkerPool(pipeline=pipeline, concurrency=t.concurrency,
                           queue_size=max(64, 4 * t.concurrency),
-                          retry_later_seconds=config.retry.retry_later_seconds)
+                          retry_later_seconds=config.retry.retry_later_seconds,
+                          partition_of=pipeline.partition_of,
+                          rate_of=retry.limiter.current_rate if retry.limiter else None)
         yield Services(config=config, journal=journal, retry=retry, pipeline=pipeline, pool=pool)
 
 

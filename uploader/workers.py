@@ -1,5 +1,8 @@
 """The worker pool: N tasks taking files from a bounded queue.
 
+The queue (`uploader.intake.FairIntake`) keeps a throttled S3 partition from
+taking every worker: one throttled prefix does not slow the others.
+
 Shutdown is two-phase (see `stop`): idle workers stop at once, busy ones get
 until the deadline to finish their file, then they are cancelled, which parks
 multipart uploads for the next start.
@@ -12,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from uploader.intake import FairIntake
 from uploader.pipeline import Outcome, Pipeline
 from uploader.transfer.job import Signature
 
@@ -21,11 +25,16 @@ log = logging.getLogger(__name__)
 class WorkerPool:
     def __init__(self, *, pipeline: Pipeline, concurrency: int, queue_size: int = 1000,
                  retry_later_seconds: float | None = None,
-                 on_changed: Callable[[Path], None] | None = None) -> None:
+                 on_changed: Callable[[Path], None] | None = None,
+                 partition_of: Callable[[str], str] | None = None,
+                 rate_of: Callable[[str], float | None] | None = None) -> None:
+        """`partition_of(relative)`: the file's S3 partition; `rate_of(partition)`: the
+        limiter's rate there (None: unthrottled). Without them, files go in order."""
         self.pipeline = pipeline
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[tuple[Path, str, Signature | None]] = asyncio.Queue(
-            maxsize=queue_size)
+        self._queue: FairIntake[tuple[Path, str, Signature | None]] = FairIntake(
+            maxsize=queue_size, rate_of=rate_of,
+            partition_of=(lambda item: partition_of(item[1])) if partition_of else None)
         self._queued: set[Path] = set()
         self._busy: dict[asyncio.Task[None], Path] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -38,7 +47,7 @@ class WorkerPool:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def in_flight(self) -> int:
@@ -118,7 +127,7 @@ class WorkerPool:
             if self._active > self.concurrency:  # shrunk by a reload
                 self._active -= 1
                 return
-            path, relative, signature = await self._queue.get()
+            (path, relative, signature), partition = await self._queue.get()
             self._busy[task] = path
             try:
                 outcome = await self.pipeline.process(path, relative, signature=signature)
@@ -131,7 +140,7 @@ class WorkerPool:
             finally:
                 del self._busy[task]
                 self._queued.discard(path)
-                self._queue.task_done()
+                self._queue.done(partition)
 
     def _retry_later(self, path: Path, relative: str) -> None:
         """Put a file back in line after a transient failure (not in a one-shot run)."""
