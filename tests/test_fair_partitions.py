@@ -11,6 +11,7 @@ arrived, so the order is measured, not assumed.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 
@@ -39,17 +40,28 @@ async def test_a_throttled_prefix_does_not_hold_up_the_others(tmp_path, s3_serve
     config = make_config(source, fault_proxy.url, bucket, transfer={"concurrency": 16},
                          retry={"max_attempts": 30})
     journal = Journal(tmp_path / "journal.sqlite3")
+    most_set_aside = 0
+
+    async def watch_set_aside() -> None:
+        nonlocal most_set_aside
+        while True:
+            most_set_aside = max(most_set_aside, svc.pool.set_aside)
+            await asyncio.sleep(0.01)
+
     async with services(config, journal=journal) as svc:
         svc.pool.start()
+        watcher = asyncio.create_task(watch_set_aside())
         for relative in order:
             await svc.pool.submit(source / relative, relative)
         await svc.pool.join()
+        watcher.cancel()
         await svc.pool.stop(grace_seconds=1)
     journal.close()
 
     arrived = {r.key: r.t_end for r in fault_proxy.records(method="PUT", ok=True)}
     assert set(arrived) == set(order), "every file arrives"
     assert fault_proxy.count(fault="throttle") > 0, "slow/ was throttled"
+    assert most_set_aside > 0  # what `uploader_queue_set_aside` reports
     last_fast = max(arrived[key] for key in fast)
     slow_before_last_fast = sum(arrived[key] < last_fast for key in slow)
     # All fast files are in while most slow ones still wait their turn. Measured: 11-13

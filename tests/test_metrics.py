@@ -44,6 +44,7 @@ def test_counters_move_as_the_files_go(daemon_config, daemon_factory, fault_prox
     assert uploaded(before) == 0 and before.value("uploader_bytes_uploaded_total") == 0
     assert before.value("uploader_breaker_state", state="closed") == 1
     assert before.value("uploader_queue_depth") == 0
+    assert before.value("uploader_queue_set_aside") == 0
     assert before.value("uploader_last_upload_timestamp_seconds") is None
 
     # Three small files, then a multipart one: the counters follow.

@@ -271,6 +271,10 @@ class _DaemonCollector(Collector):
         pool = self._svc.pool
         yield GaugeMetricFamily("uploader_queue_depth", "Settled files waiting for a worker.",
                                 value=pool.depth)
+        yield GaugeMetricFamily("uploader_queue_set_aside", "Of the queued files, those "
+                                "waiting for their throttled S3 partition to have room "
+                                "(files for other partitions go past them).",
+                                value=pool.set_aside)
         yield GaugeMetricFamily("uploader_uploads_in_flight", "Files being uploaded now.",
                                 value=pool.in_flight)
         yield GaugeMetricFamily("uploader_deferred_files", "Files waiting to be retried after "

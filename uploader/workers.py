@@ -50,6 +50,11 @@ class WorkerPool:
         return len(self._queue)
 
     @property
+    def set_aside(self) -> int:
+        """Queued files waiting for their throttled partition to have room (in `depth`)."""
+        return self._queue.set_aside
+
+    @property
     def in_flight(self) -> int:
         return len(self._busy)
 
