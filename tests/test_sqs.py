@@ -6,6 +6,7 @@ fault proxy, which counts every completed upload per key.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import uuid
@@ -235,3 +236,39 @@ def test_a_queue_that_does_not_exist_is_a_configuration_error(sqs_config, moto_s
     result = run_cli("run", "--config", str(config), env=moto_server.env())
     assert result.returncode == 2
     assert "source.queue_url" in result.stderr and "no-such-queue" in result.stderr
+
+
+@pytest.mark.timeout(150)
+def test_a_throttled_prefix_does_not_take_every_message_slot(
+        daemon_config, daemon_factory, moto_server, queue, fault_proxy, s3, bucket, tmp_path):
+    """`slow/` allows 8 PUT/s (fault proxy), `fast/` is free; their messages are queued
+    interleaved, 16 in hand at most. Held in their slots, the slow ones would in time fill
+    every slot and the fast ones would trickle out at slow/'s pace; waiting aside, they
+    give their slots to the fast ones. The proxy's log says when each file arrived."""
+    root = tmp_path / "outbox"
+    slow = [root / "slow" / f"{i:03d}.dat" for i in range(64)]
+    fast = [root / "fast" / f"{i:03d}.dat" for i in range(64)]
+    for path in slow + fast:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(256))
+    order = [*itertools.chain.from_iterable(zip(slow, fast)), *fast[len(slow):]]
+    fault_proxy.burst_seconds = 0.25  # a burst of 2 PUTs, then 8/s
+    fault_proxy.write_rates = {f"{bucket}/slow": 8.0}
+    queue.send([json.dumps({"path": str(path)}) for path in order])
+    config = daemon_config(
+        s3={"endpoint_url": fault_proxy.url, "prefix": ""},
+        source={"type": "sqs", "queue_url": queue.url, "endpoint_url": moto_server.endpoint_url,
+                "wait_time_seconds": 1, "visibility_timeout_seconds": 10},
+        transfer={"concurrency": 16}, retry={"max_attempts": 30, "retry_later_seconds": 2})
+    daemon = daemon_factory(config)
+    expected = {path.relative_to(root).as_posix() for path in order}
+    wait_until(lambda: keys_in(s3, bucket) >= expected, timeout=120, what="every file")
+    assert daemon.terminate() == 0
+
+    arrived = {r.key: r.t_end for r in fault_proxy.records(method="PUT", ok=True)}
+    assert set(arrived) == expected
+    last_fast = max(arrived[path.relative_to(root).as_posix()] for path in fast)
+    slow_before = sum(arrived[path.relative_to(root).as_posix()] < last_fast for path in slow)
+    # Measured: 16-18 slow files in before the last fast one (~2 s in, the limiter learning
+    # slow/'s rate); with the slow messages keeping their slots, 49 (~6 s in).
+    assert slow_before < len(slow) // 2, slow_before

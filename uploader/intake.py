@@ -34,6 +34,31 @@ MIN_ALLOWANCE = 2
 RECHECK_SECONDS = 0.5
 
 
+class PartitionShares:
+    """How many workers hold files of each partition, and whether one may take another."""
+
+    def __init__(self, rate_of: Callable[[str], float | None] | None = None) -> None:
+        """`rate_of(partition)`: the requests/s the limiter allows there now, None if
+        unthrottled (then there is always room)."""
+        self._rate_of = rate_of or (lambda partition: None)
+        self._holding: collections.Counter[str] = collections.Counter()
+
+    def has_room(self, partition: str) -> bool:
+        rate = self._rate_of(partition)
+        if rate is None:
+            return True
+        allowance = max(MIN_ALLOWANCE, math.ceil(rate * HOLD_SECONDS))
+        return self._holding[partition] < allowance
+
+    def hold(self, partition: str) -> None:
+        self._holding[partition] += 1
+
+    def release(self, partition: str) -> None:
+        self._holding[partition] -= 1
+        if self._holding[partition] <= 0:
+            del self._holding[partition]
+
+
 class FairIntake(Generic[T]):
     def __init__(self, *, maxsize: int,
                  partition_of: Callable[[T], str] | None = None,
@@ -44,11 +69,10 @@ class FairIntake(Generic[T]):
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self._maxsize = maxsize
         self._partition_of = partition_of or (lambda item: "")
-        self._rate_of = rate_of or (lambda partition: None)
+        self._shares = PartitionShares(rate_of)
         self._ready: collections.deque[tuple[T, str]] = collections.deque()
         self._set_aside: dict[str, collections.deque[T]] = {}
         self._aside_count = 0
-        self._holding: collections.Counter[str] = collections.Counter()
         self._getters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._unfinished = 0
@@ -77,16 +101,14 @@ class FairIntake(Generic[T]):
         while (entry := self._take()) is None:
             await self._wait(self._getters,
                              timeout=RECHECK_SECONDS if self._aside_count else None)
-        self._holding[entry[1]] += 1
+        self._shares.hold(entry[1])
         if self._ready:
             _wake_one(self._getters)  # we may have taken a set-aside item, not the new one
         return entry
 
     def done(self, partition: str) -> None:
         """A worker is finished with an item of `partition` (whatever the outcome)."""
-        self._holding[partition] -= 1
-        if self._holding[partition] <= 0:
-            del self._holding[partition]
+        self._shares.release(partition)
         self._unfinished -= 1
         if self._unfinished == 0:
             self._all_done.set()
@@ -99,7 +121,7 @@ class FairIntake(Generic[T]):
 
     def _take(self) -> tuple[T, str] | None:
         for partition, waiting in self._set_aside.items():
-            if self._has_room(partition):
+            if self._shares.has_room(partition):
                 item = waiting.popleft()
                 self._aside_count -= 1
                 if not waiting:
@@ -108,18 +130,11 @@ class FairIntake(Generic[T]):
         while self._ready:
             item, partition = self._ready.popleft()
             _wake_one(self._putters)
-            if self._has_room(partition) or self._aside_count >= self._maxsize:
+            if self._shares.has_room(partition) or self._aside_count >= self._maxsize:
                 return item, partition
             self._set_aside.setdefault(partition, collections.deque()).append(item)
             self._aside_count += 1
         return None
-
-    def _has_room(self, partition: str) -> bool:
-        rate = self._rate_of(partition)
-        if rate is None:
-            return True
-        allowance = max(MIN_ALLOWANCE, math.ceil(rate * HOLD_SECONDS))
-        return self._holding[partition] < allowance
 
     async def _wait(self, waiters: collections.deque[asyncio.Future[None]], *,
                     timeout: float | None = None) -> None:

@@ -99,6 +99,11 @@ class Pipeline:
         """The rate-limiter partition the file at `relative` is uploaded to."""
         return partition_for(self.ctx.bucket, self.keys.key(relative))
 
+    def partition_rate(self, partition: str) -> float | None:
+        """Requests/s the limiter allows on `partition` now; None if unthrottled."""
+        limiter = self.ctx.retry.limiter
+        return None if limiter is None else limiter.current_rate(partition)
+
     async def process(self, path: Path, relative: str,
                       metadata: dict[str, str] | None = None, *,
                       signature: Signature | None = None) -> Outcome:

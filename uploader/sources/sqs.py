@@ -6,6 +6,11 @@ Each message names a file on a shared filesystem (EFS, NFS) as JSON:
 - Long polling, batches of up to 10 from several receive loops at once, never
   more messages held than `transfer.concurrency` (the rest stay in the queue
   for other instances).
+- A throttled S3 partition does not take every slot: a message whose partition
+  already has its allowance of uploads (`uploader.intake.PartitionShares`)
+  waits aside, heartbeating, and gives its slot to a newly received message
+  until the partition has room. At most 4 x `transfer.concurrency` messages
+  wait aside; beyond that, messages are handled as they come.
 - While a message's upload runs, its visibility timeout is extended every
   third of the timeout (heartbeat), so a long multipart upload keeps it.
 - The message is deleted (in batches) only after the object is verified in S3.
@@ -40,6 +45,7 @@ from aiobotocore.config import AioConfig
 
 from uploader.config import Config
 from uploader.errors import ConfigError
+from uploader.intake import RECHECK_SECONDS, PartitionShares
 from uploader.pipeline import Outcome, Pipeline
 from uploader.s3client import tls_verification
 
@@ -49,6 +55,9 @@ MAX_BATCH = 10  # SQS's limit for receive and delete batches
 DELETE_FLUSH_SECONDS = 0.2
 CHANGED_RETRY_SECONDS = 5  # a file that changed while uploading is retried after this
 IDLE_BACKOFF_SECONDS = 5.0  # after a failed receive
+# Messages that may wait aside for a throttled partition, per transfer.concurrency (as the
+# directory source's queue holds 4 files per worker).
+MAX_ASIDE_PER_SLOT = 4
 
 
 class MessageError(ValueError):
@@ -197,6 +206,10 @@ class SqsSource:
         self._handlers: set[asyncio.Task[None]] = set()
         self._deleter = _Deleter(client, self._queue_url)
         self._path_locks = _PathLocks()
+        self._shares = PartitionShares(pipeline.partition_rate)
+        self._room = asyncio.Event()  # set when an upload ends: a partition may have room
+        self.aside = 0  # messages waiting for their throttled partition to have room
+        self._max_aside = MAX_ASIDE_PER_SLOT * self._concurrency
         self.rejected = 0
 
     # ------------------------------------------------------------ receiving
@@ -269,15 +282,39 @@ class SqsSource:
             self.rejected += 1
             return
         heartbeat = asyncio.create_task(self._heartbeat(receipt))
+        partition = self._pipeline.partition_of(job.relative)
         try:
-            # Duplicates received together wait for each other: the second then
-            # finds the file done (journal) instead of racing the first to S3.
-            async with self._path_locks.hold(job.path):
-                outcome = await self._pipeline.process(job.path, job.relative, job.metadata)
+            await self._wait_for_room(partition)
+            self._shares.hold(partition)
+            try:
+                # Duplicates received together wait for each other: the second then
+                # finds the file done (journal) instead of racing the first to S3.
+                async with self._path_locks.hold(job.path):
+                    outcome = await self._pipeline.process(job.path, job.relative,
+                                                           job.metadata)
+            finally:
+                self._shares.release(partition)
+                self._room.set()
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
         await self._settle(receipt, outcome, job)
+
+    async def _wait_for_room(self, partition: str) -> None:
+        """While `partition` is throttled and has its allowance of uploads, wait aside:
+        the message's slot goes to the receivers meanwhile (see the module's docstring)."""
+        if self._shares.has_room(partition) or self.aside >= self._max_aside:
+            return
+        self.aside += 1
+        self._free_slots(1)
+        try:
+            while not self._shares.has_room(partition):
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):  # its rate may rise meanwhile
+                    await asyncio.wait_for(self._room.wait(), RECHECK_SECONDS)
+        finally:
+            self.aside -= 1
+            self._in_hand += 1  # in hand again (may pass concurrency for a moment)
 
     async def _settle(self, receipt: str, outcome: Outcome, job: QueueJob) -> None:
         if outcome in (Outcome.UPLOADED, Outcome.ALREADY_UPLOADED):
