@@ -25,6 +25,14 @@ segment) see as K partitions; capacity K*R. boto3 standard is run on the same
 keys for comparison. The spread scenario uploads `--spread-objects` files
 (default N*K, the same load per partition as the one-prefix runs).
 
+Mixed: one prefix throttled, another free. Keys spread over 2 partitions
+(`keys.spread: hash`, empty prefix, the same keys for boto3), and the proxy
+throttles only partition `0` (R/s); partition `1` is free. A client whose
+workers all end up waiting on the throttled partition sends the free
+partition's files at the throttled pace (head-of-line blocking). Reported:
+when the free partition's last file was in, and how many throttled ones were
+in by then (`--mixed-objects`, default N).
+
 Measured from the proxy's request log, per client run (PUT requests to the run's bucket):
   ok PUTs     PutObject answered 2xx by SeaweedFS
   requests    every PUT the proxy saw (first attempts and retries)
@@ -106,6 +114,10 @@ class Run:
     per_partition: dict[str, int] | None = None
     timeline: list[tuple[int, int, int]] | None = None  # (second, ok, throttled)
     other_requests: dict[str, int] | None = None  # non-PUT requests to the bucket, by method
+    throttled_segment: str | None = None  # mixed: the one partition the proxy throttles
+    free_done_s: float | None = None  # mixed: when the free partition's last file was in
+    held_by_then: int | None = None  # mixed: throttled partition's files in by that time
+    held_total: int | None = None
 
     @property
     def goodput(self) -> float:
@@ -276,6 +288,12 @@ def measure(run: Run, proxy: FaultProxy, server: SeaweedS3) -> None:
         run.timeline = timeline(puts, first)
     run.per_partition = dict(sorted(collections.Counter(r.partition for r in ok).items()))
     run.stored = count_stored(server, run.bucket, run.prefix)
+    if run.throttled_segment is not None and ok:
+        held = f"{run.bucket}/{run.throttled_segment}"
+        free_done = max(r.t_end for r in ok if r.partition != held)
+        run.free_done_s = free_done - min(r.t_start for r in puts)
+        run.held_by_then = sum(1 for r in ok if r.partition == held and r.t_end <= free_done)
+        run.held_total = sum(1 for r in ok if r.partition == held)
 
 
 def steady_goodput(ok: list, first: float, last: float) -> float | None:
@@ -311,10 +329,15 @@ def count_stored(server: SeaweedS3, bucket: str, prefix: str) -> int:
 # -------------------------------------------------------------- scenarios
 def one_client(client: str, *, scenario: str, round_: int, server: SeaweedS3,
                proxy: FaultProxy, meter: CpuMeter, src: Path, names: list[str], work: Path,
-               prefix: str, capacity: float, spread: int | None = None) -> Run:
+               prefix: str, capacity: float, spread: int | None = None,
+               throttle_only: str | None = None) -> Run:
+    """`throttle_only`: the proxy throttles only this key segment's partition (mixed)."""
     bucket = fresh_bucket(server, client, round_)
     run = Run(scenario=scenario, client=client, round=round_, bucket=bucket, prefix=prefix,
-              capacity=capacity, objects=len(names), partitions=spread or 1)
+              capacity=capacity, objects=len(names), partitions=spread or 1,
+              throttled_segment=throttle_only)
+    if throttle_only is not None:
+        proxy.write_rates = {f"{bucket}/{throttle_only}": capacity}
     print(f"  {scenario:<10} round {round_}  {client:<15} -> s3://{bucket}/{prefix}",
           flush=True)
     cpu_before, machine_before, started = children_cpu(), meter.sample(), time.monotonic()
@@ -341,6 +364,15 @@ def one_prefix_rounds(args: argparse.Namespace, **env) -> list[Run]:
             runs.append(one_client(client, scenario="one prefix", round_=round_,
                                    prefix=ONE_PREFIX + client.replace(" ", "-") + "/",
                                    capacity=args.rate, **env))
+    return runs
+
+
+def mixed_rounds(args: argparse.Namespace, **env) -> list[Run]:
+    runs = []
+    for round_ in range(1, args.repeat + 1):
+        for client in ("uploader", "boto3 standard", "boto3 adaptive"):
+            runs.append(one_client(client, scenario="mixed", round_=round_, prefix="",
+                                   capacity=args.rate, spread=2, throttle_only="0", **env))
     return runs
 
 
@@ -421,6 +453,10 @@ def details(runs: list[Run], *, show_timeline: bool) -> list[str]:
             parts = ", ".join(f"{p.split('/', 1)[1]}: {c}" for p, c in run.per_partition.items())
             lines.append(f"    ok PUTs per partition: {parts} (the busiest bounds goodput "
                          f"at ~{bound / run.capacity:.2f} x cap without burst credit)")
+        if run.free_done_s is not None:
+            lines.append(f"    free partition: its last file in after {run.free_done_s:.1f} s of "
+                         f"{run.seconds:.1f} s, with {run.held_by_then} of the throttled "
+                         f"partition's {run.held_total} in by then")
         if show_timeline and run.timeline:
             cells = " ".join(f"{ok}/{th}" for _, ok, th in run.timeline)
             lines.append(f"    per second (ok/throttled): {cells}")
@@ -458,12 +494,16 @@ def parse_args() -> argparse.Namespace:
                         help="objects per spread run (default N*K)")
     parser.add_argument("--no-spread-boto3", action="store_true",
                         help="spread scenario: the uploader only")
+    parser.add_argument("--mixed-objects", type=int, default=None,
+                        help="objects in the mixed scenario (default N; 0 skips it)")
     parser.add_argument("--timeline", action="store_true",
                         help="also print ok/throttled PUTs per second of every run")
     parser.add_argument("--out", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
     if args.spread_objects is None:
         args.spread_objects = args.objects * max(args.spread_partitions, 1)
+    if args.mixed_objects is None:
+        args.mixed_objects = args.objects
     return args
 
 
@@ -487,6 +527,10 @@ def main() -> int:
             if args.spread_partitions > 0:
                 names = make_files(work / "spread", args.spread_objects)
                 runs += spread_rounds(args, src=work / "spread", names=names, **env)
+            if args.mixed_objects > 0:
+                proxy.write_rate_per_prefix = None  # only the named partition is throttled
+                names = make_files(work / "mixed", args.mixed_objects)
+                runs += mixed_rounds(args, src=work / "mixed", names=names, **env)
         finally:
             proxy.stop()
         if proxy.internal_errors:

@@ -302,6 +302,30 @@ async def test_a_limited_partition_paces_its_callers_first_come_first_served():
             assert order == list(range(expected + 1))
 
 
+async def test_a_throttled_partition_has_room_while_its_queue_of_callers_is_short():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, policy=RatePolicy(queue_seconds=0.1),
+                          max_requests_per_second=30.0)
+
+    def waiting() -> int:
+        return limiter.snapshot()["b/p"].waiting
+
+    assert limiter.has_room("b/p") and limiter.has_room("b/other")  # nobody waits yet
+    # 30/s: room while fewer than ceil(30 x 0.1) = 3 callers wait for tokens.
+    waiters = [asyncio.create_task(limiter.acquire("b/p")) for _ in range(10)]
+    await clock.settle()
+    assert waiting() >= 3 and not limiter.has_room("b/p")
+    assert limiter.has_room("b/other")  # another partition: its own queue
+    while waiting() >= 3:
+        assert not limiter.has_room("b/p")
+        await clock.advance(1 / 30)
+    assert limiter.has_room("b/p")
+    await clock.advance(1.0)
+    assert all(w.done() for w in waiters)
+    limiter.set_ceilings(max_requests_per_second=None, max_bytes_per_second=None)
+    assert limiter.has_room("b/p")  # unthrottled: always
+
+
 async def test_request_ceiling_applies_per_partition_and_reloads_live():
     clock = FakeClock(autoadvance=True)
     limiter = RateLimiter(clock=clock, max_requests_per_second=10.0)

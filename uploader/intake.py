@@ -6,14 +6,15 @@ that takes a file of a throttled partition waits there for a token, and in
 time every worker waits on that partition while files for the others queue
 behind them (head-of-line blocking): one throttled prefix would slow them all.
 
-So while a partition is throttled, at most `allowance` workers hold its files:
-its rate times HOLD_SECONDS (enough to keep it sending at that rate while each
-request takes up to HOLD_SECONDS), and at least MIN_ALLOWANCE. Its further
-files are set aside, in order, and are the first taken once it has room (a
-file of it finishes, or its rate rises: looked at every RECHECK_SECONDS while
-files are set aside). An unthrottled partition has no allowance. At most
-`maxsize` files are set aside; beyond that files are taken in order, as from
-a plain FIFO.
+So a file is handed out only if its partition `has_room` (the limiter's
+answer: unthrottled, or only a short queue of callers already waiting for its
+tokens). Otherwise it is set aside, in order with the partition's other files,
+and those are the first taken once the partition has room again (looked at
+whenever a file is done, and every RECHECK_SECONDS while files are set aside).
+At most `max_set_aside` files are set aside (MAX_SET_ASIDE: a few MB of paths;
+far more than the queue, because a throttled partition's files can be most of
+a backlog, and the others must be able to go past all of them); beyond that
+files are taken in order, as from a plain FIFO.
 
 Waiting (`put` while full, `get` while nothing can be taken) follows
 asyncio.Queue: futures woken one at a time, cancellation-safe.
@@ -24,52 +25,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import math
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
-HOLD_SECONDS = 1.0
-MIN_ALLOWANCE = 2
 RECHECK_SECONDS = 0.5
-
-
-class PartitionShares:
-    """How many workers hold files of each partition, and whether one may take another."""
-
-    def __init__(self, rate_of: Callable[[str], float | None] | None = None) -> None:
-        """`rate_of(partition)`: the requests/s the limiter allows there now, None if
-        unthrottled (then there is always room)."""
-        self._rate_of = rate_of or (lambda partition: None)
-        self._holding: collections.Counter[str] = collections.Counter()
-
-    def has_room(self, partition: str) -> bool:
-        rate = self._rate_of(partition)
-        if rate is None:
-            return True
-        allowance = max(MIN_ALLOWANCE, math.ceil(rate * HOLD_SECONDS))
-        return self._holding[partition] < allowance
-
-    def hold(self, partition: str) -> None:
-        self._holding[partition] += 1
-
-    def release(self, partition: str) -> None:
-        self._holding[partition] -= 1
-        if self._holding[partition] <= 0:
-            del self._holding[partition]
+MAX_SET_ASIDE = 10_000
 
 
 class FairIntake(Generic[T]):
-    def __init__(self, *, maxsize: int,
+    def __init__(self, *, maxsize: int, max_set_aside: int = MAX_SET_ASIDE,
                  partition_of: Callable[[T], str] | None = None,
-                 rate_of: Callable[[str], float | None] | None = None) -> None:
-        """`partition_of(item)`: its S3 partition; `rate_of(partition)`: the requests/s
-        the limiter allows there now, None if unthrottled. Without them: a plain FIFO."""
+                 has_room: Callable[[str], bool] | None = None) -> None:
+        """`partition_of(item)`: its S3 partition; `has_room(partition)`: whether a file
+        of it may start now. Without them: a plain FIFO."""
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self._maxsize = maxsize
+        self._max_set_aside = max_set_aside
         self._partition_of = partition_of or (lambda item: "")
-        self._shares = PartitionShares(rate_of)
+        self._has_room = has_room or (lambda partition: True)
         self._ready: collections.deque[tuple[T, str]] = collections.deque()
         self._set_aside: dict[str, collections.deque[T]] = {}
         self._aside_count = 0
@@ -96,42 +71,40 @@ class FairIntake(Generic[T]):
         self._all_done.clear()
         _wake_one(self._getters)
 
-    async def get(self) -> tuple[T, str]:
-        """The next item a worker should take, and its partition (for `done`)."""
-        while (entry := self._take()) is None:
+    async def get(self) -> T:
+        """The next item a worker should take; call `done` when it is finished with it."""
+        while (item := self._take()) is None:
             await self._wait(self._getters,
                              timeout=RECHECK_SECONDS if self._aside_count else None)
-        self._shares.hold(entry[1])
         if self._ready:
             _wake_one(self._getters)  # we may have taken a set-aside item, not the new one
-        return entry
+        return item
 
-    def done(self, partition: str) -> None:
-        """A worker is finished with an item of `partition` (whatever the outcome)."""
-        self._shares.release(partition)
+    def done(self) -> None:
+        """A worker is finished with an item (whatever the outcome)."""
         self._unfinished -= 1
         if self._unfinished == 0:
             self._all_done.set()
         if self._aside_count:
-            _wake_one(self._getters)  # the room it leaves may let a set-aside item go
+            _wake_one(self._getters)  # its partition may have room now
 
     async def join(self) -> None:
         """Wait until every item put has been taken and is done."""
         await self._all_done.wait()
 
-    def _take(self) -> tuple[T, str] | None:
+    def _take(self) -> T | None:
         for partition, waiting in self._set_aside.items():
-            if self._shares.has_room(partition):
+            if self._has_room(partition):
                 item = waiting.popleft()
                 self._aside_count -= 1
                 if not waiting:
                     del self._set_aside[partition]
-                return item, partition
+                return item
         while self._ready:
             item, partition = self._ready.popleft()
             _wake_one(self._putters)
-            if self._shares.has_room(partition) or self._aside_count >= self._maxsize:
-                return item, partition
+            if self._has_room(partition) or self._aside_count >= self._max_set_aside:
+                return item
             self._set_aside.setdefault(partition, collections.deque()).append(item)
             self._aside_count += 1
         return None

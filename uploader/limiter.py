@@ -56,6 +56,10 @@ while discovering R in the first half second. Against a stricter server
 (0.1 s of burst): 0.999 R and 0.76 %. Across other seeds: 0.98-1.04 R,
 0.45-0.9 %. botocore's adaptive algorithm in the same simulation: 0.44-0.51 R.
 
+`has_room` tells the worker pool whether a partition's queue of waiters is
+short (`queue_seconds` of its rate), so workers are not all parked on one
+throttled partition while files for others wait (see `uploader.intake`).
+
 Ceilings (`set_ceilings`, reloadable live): `max_requests_per_second` applies
 to *each* partition (it caps the adaptive rate and applies even before any
 throttle), because S3's limits are per partition; `max_bytes_per_second` is
@@ -116,6 +120,9 @@ class RatePolicy:
     """A throttle reported without `sent_at` cuts only if the last cut is this old."""
     recheck_seconds: float = 0.5
     """Longest a waiter sleeps before reading the rate again."""
+    queue_seconds: float = 0.1
+    """`has_room`: a throttled partition has room while fewer than this many seconds of
+    its rate (at least one request) are waiting for tokens."""
     bytes_burst_seconds: float = 1.0
     """Capacity of the global bytes/s bucket, in seconds of the ceiling."""
 
@@ -124,7 +131,8 @@ class RatePolicy:
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         for name in ("growth", "startup_growth", "floor", "burst_seconds", "window_seconds",
-                     "release_after_seconds", "recheck_seconds", "bytes_burst_seconds"):
+                     "release_after_seconds", "recheck_seconds", "bytes_burst_seconds",
+                     "queue_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.min_samples <= self.sample_size:
@@ -514,6 +522,23 @@ class RateLimiter:
         self._bytes.refill(now, rate=self._max_bps)
         self._max_rps = max_requests_per_second
         self._max_bps = max_bytes_per_second
+
+    def has_room(self, partition: str) -> bool:
+        """Whether one more caller on `partition` would wait little: it is unthrottled,
+        or fewer than `queue_seconds` of its rate (at least one) already wait for tokens.
+
+        The worker pool asks before giving a worker a file of `partition`, so a
+        throttled partition keeps a short queue of its own and no more: requests
+        in flight do not count (however slow the answers, the partition is kept
+        sending), only callers parked here, who would hold workers idle.
+        """
+        bucket = self._buckets.get(partition)
+        if bucket is None:
+            return True  # nothing waits on it
+        rate = bucket.rate(self._clock.monotonic())
+        if rate is None:
+            return True
+        return bucket.waiting < max(1, math.ceil(rate * self._policy.queue_seconds))
 
     # ------------------------------------------------------------ metrics
     def current_rate(self, partition: str) -> float | None:

@@ -99,10 +99,11 @@ class Pipeline:
         """The rate-limiter partition the file at `relative` is uploaded to."""
         return partition_for(self.ctx.bucket, self.keys.key(relative))
 
-    def partition_rate(self, partition: str) -> float | None:
-        """Requests/s the limiter allows on `partition` now; None if unthrottled."""
+    def partition_has_room(self, partition: str) -> bool:
+        """Whether a file for `partition` may start now without a worker idling on a
+        throttled partition's queue (`RateLimiter.has_room`)."""
         limiter = self.ctx.retry.limiter
-        return None if limiter is None else limiter.current_rate(partition)
+        return limiter is None or limiter.has_room(partition)
 
     async def process(self, path: Path, relative: str,
                       metadata: dict[str, str] | None = None, *,

@@ -52,7 +52,7 @@ async def services(config: Config, *, journal: Journal) -> AsyncIterator[Service
                           queue_size=max(64, 4 * t.concurrency),
                           retry_later_seconds=config.retry.retry_later_seconds,
                           partition_of=pipeline.partition_of,
-                          rate_of=pipeline.partition_rate)
+                          has_room=pipeline.partition_has_room)
         yield Services(config=config, journal=journal, retry=retry, pipeline=pipeline, pool=pool)
 
 

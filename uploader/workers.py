@@ -27,13 +27,13 @@ class WorkerPool:
                  retry_later_seconds: float | None = None,
                  on_changed: Callable[[Path], None] | None = None,
                  partition_of: Callable[[str], str] | None = None,
-                 rate_of: Callable[[str], float | None] | None = None) -> None:
-        """`partition_of(relative)`: the file's S3 partition; `rate_of(partition)`: the
-        limiter's rate there (None: unthrottled). Without them, files go in order."""
+                 has_room: Callable[[str], bool] | None = None) -> None:
+        """`partition_of(relative)`: the file's S3 partition; `has_room(partition)`:
+        whether a file of it may start now. Without them, files go in order."""
         self.pipeline = pipeline
         self.concurrency = concurrency
         self._queue: FairIntake[tuple[Path, str, Signature | None]] = FairIntake(
-            maxsize=queue_size, rate_of=rate_of,
+            maxsize=queue_size, has_room=has_room,
             partition_of=(lambda item: partition_of(item[1])) if partition_of else None)
         self._queued: set[Path] = set()
         self._busy: dict[asyncio.Task[None], Path] = {}
@@ -132,7 +132,7 @@ class WorkerPool:
             if self._active > self.concurrency:  # shrunk by a reload
                 self._active -= 1
                 return
-            (path, relative, signature), partition = await self._queue.get()
+            path, relative, signature = await self._queue.get()
             self._busy[task] = path
             try:
                 outcome = await self.pipeline.process(path, relative, signature=signature)
@@ -145,7 +145,7 @@ class WorkerPool:
             finally:
                 del self._busy[task]
                 self._queued.discard(path)
-                self._queue.done(partition)
+                self._queue.done()
 
     def _retry_later(self, path: Path, relative: str) -> None:
         """Put a file back in line after a transient failure (not in a one-shot run)."""

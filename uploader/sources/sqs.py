@@ -7,7 +7,7 @@ Each message names a file on a shared filesystem (EFS, NFS) as JSON:
   more messages held than `transfer.concurrency` (the rest stay in the queue
   for other instances).
 - A throttled S3 partition does not take every slot: a message whose partition
-  already has its allowance of uploads (`uploader.intake.PartitionShares`)
+  has no room (`RateLimiter.has_room`: callers already queue for its tokens)
   waits aside, heartbeating, and gives its slot to a newly received message
   until the partition has room. At most 4 x `transfer.concurrency` messages
   wait aside; beyond that, messages are handled as they come.
@@ -45,7 +45,7 @@ from aiobotocore.config import AioConfig
 
 from uploader.config import Config
 from uploader.errors import ConfigError
-from uploader.intake import RECHECK_SECONDS, PartitionShares
+from uploader.intake import RECHECK_SECONDS
 from uploader.pipeline import Outcome, Pipeline
 from uploader.s3client import tls_verification
 
@@ -206,7 +206,6 @@ class SqsSource:
         self._handlers: set[asyncio.Task[None]] = set()
         self._deleter = _Deleter(client, self._queue_url)
         self._path_locks = _PathLocks()
-        self._shares = PartitionShares(pipeline.partition_rate)
         self._room = asyncio.Event()  # set when an upload ends: a partition may have room
         self.aside = 0  # messages waiting for their throttled partition to have room
         self._max_aside = MAX_ASIDE_PER_SLOT * self._concurrency
@@ -285,7 +284,6 @@ class SqsSource:
         partition = self._pipeline.partition_of(job.relative)
         try:
             await self._wait_for_room(partition)
-            self._shares.hold(partition)
             try:
                 # Duplicates received together wait for each other: the second then
                 # finds the file done (journal) instead of racing the first to S3.
@@ -293,7 +291,6 @@ class SqsSource:
                     outcome = await self._pipeline.process(job.path, job.relative,
                                                            job.metadata)
             finally:
-                self._shares.release(partition)
                 self._room.set()
         finally:
             heartbeat.cancel()
@@ -301,14 +298,15 @@ class SqsSource:
         await self._settle(receipt, outcome, job)
 
     async def _wait_for_room(self, partition: str) -> None:
-        """While `partition` is throttled and has its allowance of uploads, wait aside:
-        the message's slot goes to the receivers meanwhile (see the module's docstring)."""
-        if self._shares.has_room(partition) or self.aside >= self._max_aside:
+        """While `partition` is throttled and has no room, wait aside: the message's
+        slot goes to the receivers meanwhile (see the module's docstring)."""
+        has_room = self._pipeline.partition_has_room
+        if has_room(partition) or self.aside >= self._max_aside:
             return
         self.aside += 1
         self._free_slots(1)
         try:
-            while not self._shares.has_room(partition):
+            while not has_room(partition):
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):  # its rate may rise meanwhile
                     await asyncio.wait_for(self._room.wait(), RECHECK_SECONDS)
