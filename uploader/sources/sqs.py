@@ -5,7 +5,7 @@ Each message names a file on a shared filesystem (EFS, NFS) as JSON:
 
 - Long polling, batches of up to 10 from several receive loops at once, never
   more messages held than `transfer.concurrency` (the rest stay in the queue
-  for other instances).
+  for other instances), besides those waiting aside (next point).
 - A throttled S3 partition does not take every slot: a message whose partition
   has no room (`RateLimiter.has_room`: callers already queue for its tokens)
   waits aside, heartbeating, and gives its slot to a newly received message
@@ -308,7 +308,9 @@ class SqsSource:
         try:
             while not has_room(partition):
                 self._room.clear()
-                with contextlib.suppress(TimeoutError):  # its rate may rise meanwhile
+                # Room comes as its callers get tokens (or its rate rises), not only
+                # when an upload ends: look again at least every RECHECK_SECONDS.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), RECHECK_SECONDS)
         finally:
             self.aside -= 1
