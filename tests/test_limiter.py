@@ -326,6 +326,32 @@ async def test_a_throttled_partition_has_room_while_its_queue_of_callers_is_shor
     assert limiter.has_room("b/p")  # unthrottled: always
 
 
+async def test_admitted_callers_count_as_queued_until_they_acquire():
+    """Files handed out a moment ago are on their way to `acquire`: they count."""
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, policy=RatePolicy(queue_seconds=0.1),
+                          max_requests_per_second=30.0)  # room while < 3 queued
+    on_the_way = [limiter.admit("b/p") for _ in range(3)]
+    for admission in on_the_way:
+        admission.__enter__()
+    assert not limiter.has_room("b/p")
+    assert limiter.has_room("b/q")
+    on_the_way[0].__exit__(None, None, None)  # ended without a request (e.g. skipped)
+    assert limiter.has_room("b/p")
+
+    async def send() -> None:
+        with limiter.admit("b/p"):
+            assert not limiter.has_room("b/p")  # 3 on their way
+            await limiter.acquire("b/p")  # arrived (and sent: one request of burst)
+            assert limiter.has_room("b/p")
+            await limiter.acquire("b/p")  # a second request is not admitted twice
+
+    await asyncio.create_task(send())  # a task of its own, as a worker's
+    for admission in on_the_way[1:]:
+        admission.__exit__(None, None, None)
+    assert limiter.snapshot()["b/p"].waiting == 0 and limiter.has_room("b/p")
+
+
 async def test_request_ceiling_applies_per_partition_and_reloads_live():
     clock = FakeClock(autoadvance=True)
     limiter = RateLimiter(clock=clock, max_requests_per_second=10.0)

@@ -69,6 +69,8 @@ partitions share.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from array import array
 from collections import OrderedDict
@@ -283,6 +285,7 @@ class PrefixBucket:
         self.tokens = _TokenBucket(burst_seconds=policy.burst_seconds)
         self.ceiling: float | None = None
         self.waiting = 0
+        self.admitted = 0  # callers let in by `RateLimiter.admit`, not yet at `acquire`
         self.cuts = 0
         self.throttles = 0
         self.ignored_throttles = 0
@@ -416,6 +419,27 @@ class PrefixBucket:
         )
 
 
+class _Admission:
+    """A caller let in on a partition (`RateLimiter.admit`) until it first acquires there."""
+
+    __slots__ = ("partition", "bucket", "arrived")
+
+    def __init__(self, partition: str, bucket: PrefixBucket) -> None:
+        self.partition = partition
+        self.bucket = bucket
+        self.arrived = False
+
+    def arrive(self) -> None:
+        if not self.arrived:
+            self.arrived = True
+            self.bucket.admitted -= 1
+
+
+# The admission of the task (and of the tasks it starts, e.g. part uploads) running now.
+_ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
+    "uploader_limiter_admission", default=None)
+
+
 class RateLimiter:
     """The shared, per-partition adaptive limiter (create once, pass everywhere).
 
@@ -454,6 +478,9 @@ class RateLimiter:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         bucket = self._bucket(partition)
+        admission = _ADMISSION.get()
+        if admission is not None and admission.partition == partition:
+            admission.arrive()  # counted as waiting from here on
         bucket.waiting += 1
         try:
             await self._take(bucket.tokens, cost=1, rate_at=bucket.rate)
@@ -525,7 +552,8 @@ class RateLimiter:
 
     def has_room(self, partition: str) -> bool:
         """Whether one more caller on `partition` would wait little: it is unthrottled,
-        or fewer than `queue_seconds` of its rate (at least one) already wait for tokens.
+        or fewer than `queue_seconds` of its rate (at least one) already wait for
+        tokens or are on their way here (`admit`).
 
         The worker pool asks before giving a worker a file of `partition`, so a
         throttled partition keeps a short queue of its own and no more: requests
@@ -538,7 +566,27 @@ class RateLimiter:
         rate = bucket.rate(self._clock.monotonic())
         if rate is None:
             return True
-        return bucket.waiting < max(1, math.ceil(rate * self._policy.queue_seconds))
+        queued = bucket.waiting + bucket.admitted
+        return queued < max(1, math.ceil(rate * self._policy.queue_seconds))
+
+    @contextlib.contextmanager
+    def admit(self, partition: str) -> Iterator[None]:
+        """Count the caller (this task, and tasks it starts) as queued on `partition`
+        from now until its first `acquire` there, or the end of the block.
+
+        A file handed to a worker takes a moment (journal, reading, signing) to
+        reach `acquire`; without this, `has_room` would let in every file asked
+        about in that moment (several SQS messages arrive at once).
+        """
+        bucket = self._bucket(partition)
+        admission = _Admission(partition, bucket)
+        bucket.admitted += 1
+        token = _ADMISSION.set(admission)
+        try:
+            yield
+        finally:
+            _ADMISSION.reset(token)
+            admission.arrive()  # if it never sent (skipped, already there, failed)
 
     # ------------------------------------------------------------ metrics
     def current_rate(self, partition: str) -> float | None:
@@ -576,7 +624,7 @@ class RateLimiter:
         for name, bucket in self._buckets.items():
             if len(victims) >= excess:
                 break
-            if name != keep and not bucket.waiting:
+            if name != keep and not bucket.waiting and not bucket.admitted:
                 victims.append(name)
         for name in victims:
             del self._buckets[name]

@@ -7,6 +7,7 @@ written to the journal and the log, so one bad file cannot stop the others.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -99,6 +100,11 @@ class Pipeline:
         """The rate-limiter partition the file at `relative` is uploaded to."""
         return partition_for(self.ctx.bucket, self.keys.key(relative))
 
+    def _admitted(self, partition: str) -> contextlib.AbstractContextManager[None]:
+        """Counted as queued on `partition` until its first request (`RateLimiter.admit`)."""
+        limiter = self.ctx.retry.limiter
+        return contextlib.nullcontext() if limiter is None else limiter.admit(partition)
+
     def partition_has_room(self, partition: str) -> bool:
         """Whether a file for `partition` may start now without a worker idling on a
         throttled partition's queue (`RateLimiter.has_room`)."""
@@ -118,8 +124,9 @@ class Pipeline:
         key = self.keys.key(relative)
         context = bind_log_context(file=str(path), key=key)
         try:
-            outcome, result = await self._process(path, relative, key, metadata or {},
-                                                  signature)
+            with self._admitted(partition_for(self.ctx.bucket, key)):
+                outcome, result = await self._process(path, relative, key, metadata or {},
+                                                      signature)
         finally:
             unbind_log_context(context)
         self.totals.add(outcome, result)
