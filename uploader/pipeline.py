@@ -29,7 +29,6 @@ from uploader.errors import (
 )
 from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
 from uploader.keys import KeyNamer
-from uploader.limiter import partition_for
 from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, Signature, stat_signature
@@ -98,7 +97,7 @@ class Pipeline:
 
     def partition_of(self, relative: str) -> str:
         """The rate-limiter partition the file at `relative` is uploaded to."""
-        return partition_for(self.ctx.bucket, self.keys.key(relative))
+        return self.ctx.partition_of(self.keys.key(relative))
 
     def _admitted(self, partition: str) -> contextlib.AbstractContextManager[None]:
         """Counted as queued on `partition` until its first request (`RateLimiter.admit`)."""
@@ -124,7 +123,7 @@ class Pipeline:
         key = self.keys.key(relative)
         context = bind_log_context(file=str(path), key=key)
         try:
-            with self._admitted(partition_for(self.ctx.bucket, key)):
+            with self._admitted(self.ctx.partition_of(key)):
                 outcome, result = await self._process(path, relative, key, metadata or {},
                                                       signature)
         finally:

@@ -79,7 +79,11 @@ class TransferContext:
                    nbytes: int = 0) -> T:
         """Send one request on `key`'s rate-limiter partition, through the retry layer."""
         return await self.retry.call(operation, what=what, nbytes=nbytes,
-                                     partition=partition_for(self.bucket, key))
+                                     partition=self.partition_of(key))
+
+    def partition_of(self, key: str) -> str:
+        """The rate-limiter partition of the object `key` in our bucket."""
+        return partition_for(self.bucket, key)
 
     def describe(self, job: FileJob, operation: str) -> str:
         return f"{operation} s3://{self.bucket}/{job.key} ({job.path})"
