@@ -6,18 +6,22 @@ fault proxy, which counts every completed upload per key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
+import signal
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from daemon_harness import daemon_config, daemon_factory, run_cli, wait_until  # noqa: F401
 from daemon_harness import journal_rows, keys_in, object_bytes
 from fault_proxy import FaultProxy
-from uploader.sources.sqs import MessageError, parse_message
+from ops_harness import endpoint, scrape, wait_for_metric
+from uploader.sources.sqs import MessageError, _PathLocks, parse_message
 
 MiB = 1024 * 1024
 
@@ -261,6 +265,8 @@ def test_a_throttled_prefix_does_not_take_every_message_slot(
                 "wait_time_seconds": 1, "visibility_timeout_seconds": 10},
         transfer={"concurrency": 16}, retry={"max_attempts": 30, "retry_later_seconds": 2})
     daemon = daemon_factory(config)
+    wait_for_metric(endpoint(daemon), lambda p: p.value("uploader_queue_set_aside") > 0,
+                    what="messages of slow/ waiting aside, on /metrics")
     expected = {path.relative_to(root).as_posix() for path in order}
     wait_until(lambda: keys_in(s3, bucket) >= expected, timeout=120, what="every file")
     assert daemon.terminate() == 0
@@ -272,3 +278,60 @@ def test_a_throttled_prefix_does_not_take_every_message_slot(
     # Measured: 9-10 slow files in before the last fast one (~1 s in, the limiter learning
     # slow/'s rate); with the slow messages keeping their slots, 49 (~6 s in).
     assert slow_before < len(slow) // 2, slow_before
+
+
+# ---------------------------------------------------- metrics and reload
+@pytest.mark.timeout(120)
+def test_metrics_show_the_messages_being_uploaded_and_a_reload_resizes_the_slots(
+        sqs_config, daemon_factory, queue, fault_proxy, s3, bucket, tmp_path):
+    """With SQS there is no worker pool: the gauges and `transfer.concurrency` reloads
+    must reach the SQS source. Each request takes 0.3 s more (the proxy), so uploads
+    stay in flight long enough to be seen."""
+    files = share_files(tmp_path / "outbox", 120)
+    fault_proxy.latency = 0.3
+    queue.send([json.dumps({"path": str(path)}) for path in files])
+    config = sqs_config()
+    settings = yaml.safe_load(config.read_text())
+    settings["transfer"]["concurrency"] = 3
+    config.write_text(yaml.safe_dump(settings))
+    daemon = daemon_factory(config)
+    base = endpoint(daemon)
+
+    page = wait_for_metric(base, lambda p: p.value("uploader_uploads_in_flight") == 3,
+                           what="3 uploads in flight")
+    assert page.value("uploader_workers") == 3
+    assert page.value("uploader_deferred_files") == 0
+    seen = [scrape(base).value("uploader_uploads_in_flight") for _ in range(20)]
+    assert max(seen) <= 3, seen
+
+    settings["transfer"]["concurrency"] = 12
+    config.write_text(yaml.safe_dump(settings))
+    daemon.process.send_signal(signal.SIGHUP)
+    page = wait_for_metric(base, lambda p: p.value("uploader_uploads_in_flight") > 3,
+                           what="more uploads in flight after the reload")
+    assert page.value("uploader_workers") == 12
+    assert "transfer.concurrency 3 -> 12" in daemon.log()
+    expected = {f"incoming/{path.relative_to(tmp_path / 'outbox').as_posix()}" for path in files}
+    wait_until(lambda: keys_in(s3, bucket) >= expected, timeout=90, what="every file")
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.asyncio
+async def test_messages_waiting_for_a_duplicate_are_counted():
+    locks = _PathLocks()
+    release = asyncio.Event()
+    inside: list[str] = []
+
+    async def holder(name: str) -> None:
+        async with locks.hold(Path("/share") / name):
+            inside.append(name)
+            await release.wait()
+
+    tasks = [asyncio.create_task(holder(name)) for name in ("a", "b", "a")]
+    await asyncio.sleep(0.01)
+    assert inside == ["a", "b"] and locks.waiting == 1  # the duplicate of a waits
+    tasks[2].cancel()
+    await asyncio.gather(tasks[2], return_exceptions=True)
+    assert locks.waiting == 0  # a cancelled waiter is not counted any more
+    release.set()
+    await asyncio.gather(*tasks[:2])

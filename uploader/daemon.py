@@ -41,8 +41,8 @@ async def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
     journal = Journal.in_state_dir(config.state_dir)
     try:
         async with services(config, journal=journal) as svc, _source(config, svc) as source, \
-                operations(config, svc=svc, watcher=getattr(source, "watcher", None),
-                           config_path=config_path):
+                operations(config, svc=svc, workers=source.workers,
+                           watcher=getattr(source, "watcher", None), config_path=config_path):
             background = [asyncio.create_task(source.run(), name="source")]
             if config.janitor.enabled:
                 background.append(asyncio.create_task(_janitor(config, svc).run(
@@ -76,7 +76,7 @@ class _DirectoryRun:
         self.watcher = DirectorySource(
             walker=walker, submit=svc.pool.submit, settle_seconds=config.source.settle_seconds,
             rescan_interval_seconds=config.source.rescan_interval_seconds)
-        self.pool = svc.pool
+        self.workers = self.pool = svc.pool
         self.pool.on_changed = self.watcher.resettle
         self.root = root
 
@@ -96,7 +96,8 @@ class _QueueRun:
 
     def __init__(self, config: Config, svc: Services, client: Any) -> None:
         self.queue_url = config.source.queue_url
-        self.consumer = SqsSource(client=client, config=config, pipeline=svc.pipeline)
+        self.workers = self.consumer = SqsSource(client=client, config=config,
+                                                 pipeline=svc.pipeline)
 
     def describe(self) -> str:
         return f"draining {self.queue_url}"

@@ -48,6 +48,7 @@ from uploader.pipeline import Outcome
 if TYPE_CHECKING:
     from uploader.transfer.context import UploadResult
     from uploader.wiring import Services
+    from uploader.workers import Workforce
 
 __all__ = ["CONTENT_TYPE", "DaemonMetrics", "top_partitions"]
 
@@ -63,8 +64,10 @@ class DaemonMetrics:
     """Everything `/metrics` shows for one daemon."""
 
     def __init__(self, *, svc: Services, settings: Callable[[], Config],
+                 workers: Workforce | None = None,
                  loop_lag: Callable[[], float] | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
+        """`workers`: what hands files to the pipeline (default: the worker pool)."""
         self.registry = CollectorRegistry()
         self.clock = wall_clock
         self.upload_seconds = Histogram(
@@ -83,6 +86,7 @@ class DaemonMetrics:
         self.started_at = wall_clock()
         self.backlog = JournalBacklog(svc.journal.path)
         self.registry.register(_DaemonCollector(self, svc=svc, settings=settings,
+                                                workers=workers or svc.pool,
                                                 loop_lag=loop_lag))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -166,9 +170,10 @@ class _DaemonCollector(Collector):
     """Reads the daemon's live objects at scrape time (in the event loop's thread)."""
 
     def __init__(self, metrics: DaemonMetrics, *, svc: Services, settings: Callable[[], Config],
-                 loop_lag: Callable[[], float] | None) -> None:
+                 workers: Workforce, loop_lag: Callable[[], float] | None) -> None:
         self._metrics = metrics
         self._svc = svc
+        self._workers = workers
         self._settings = settings
         self._loop_lag = loop_lag
         # Not reloadable: the semaphore in the transfer context was sized at start.
@@ -268,19 +273,23 @@ class _DaemonCollector(Collector):
         yield opened
 
     def _work(self) -> Iterator[Metric]:
-        pool = self._svc.pool
-        yield GaugeMetricFamily("uploader_queue_depth", "Settled files waiting for a worker.",
-                                value=pool.depth)
-        yield GaugeMetricFamily("uploader_queue_set_aside", "Of the queued files, those "
-                                "waiting for their throttled S3 partition to have room "
-                                "(files for other partitions go past them).",
-                                value=pool.set_aside)
+        workers = self._workers  # the worker pool, or the SQS source
+        yield GaugeMetricFamily("uploader_queue_depth", "Files taken and waiting for their "
+                                "turn (directory source: settled files waiting for a worker; "
+                                "SQS: messages in hand waiting for a duplicate).",
+                                value=workers.depth)
+        yield GaugeMetricFamily("uploader_queue_set_aside", "Files waiting for their "
+                                "throttled S3 partition to have room, while files for other "
+                                "partitions go past them (directory source: part of the "
+                                "queue depth; SQS: messages in hand, not counted as slots).",
+                                value=workers.set_aside)
         yield GaugeMetricFamily("uploader_uploads_in_flight", "Files being uploaded now.",
-                                value=pool.in_flight)
+                                value=workers.in_flight)
         yield GaugeMetricFamily("uploader_deferred_files", "Files waiting to be retried after "
-                                "a transient failure.", value=pool.deferred)
-        yield GaugeMetricFamily("uploader_workers", "Upload workers (transfer.concurrency).",
-                                value=pool.concurrency)
+                                "a transient failure (SQS: always 0, the queue holds them).",
+                                value=workers.deferred)
+        yield GaugeMetricFamily("uploader_workers", "Files uploaded at once at most "
+                                "(transfer.concurrency).", value=workers.concurrency)
         yield _gauge("uploader_parts_in_flight", "Multipart parts being sent now.",
                      _parts_in_flight(self._svc.pipeline.ctx, self._max_parts))
 

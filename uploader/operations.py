@@ -31,19 +31,23 @@ from uploader.metrics import CONTENT_TYPE, DaemonMetrics
 from uploader.reload import LiveTargets, Reloader
 from uploader.sources.directory import DirectorySource
 from uploader.wiring import Services
+from uploader.workers import Workforce
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def operations(config: Config, *, svc: Services, watcher: DirectorySource | None,
+async def operations(config: Config, *, svc: Services, workers: Workforce,
+                     watcher: DirectorySource | None,
                      config_path: Path | None) -> AsyncIterator[Reloader]:
+    """`workers`: what hands files to the pipeline (the worker pool, or the SQS source)."""
     monitor = LoopMonitor()
     metrics = None
     if config.metrics.enabled:
-        metrics = DaemonMetrics(svc=svc, settings=lambda: reloader.config, loop_lag=monitor.lag)
+        metrics = DaemonMetrics(svc=svc, settings=lambda: reloader.config, workers=workers,
+                                loop_lag=monitor.lag)
     reloader = Reloader(path=config_path or Path(), config=config,
-                        targets=LiveTargets(limiter=svc.retry.limiter, pool=svc.pool,
+                        targets=LiveTargets(limiter=svc.retry.limiter, pool=workers,
                                             watcher=watcher),
                         on_result=metrics.count_reload if metrics is not None else None)
     tasks = [asyncio.create_task(monitor.run(), name="loop-monitor")]

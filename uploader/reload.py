@@ -6,7 +6,8 @@ the reason logged, and every setting in force stays. Of a valid file:
 
 - applied live: `rate_limit.*` (the shared limiter's ceilings and adaptive
   switch), `transfer.concurrency` (the worker pool grows at once; it shrinks
-  by stopping idle workers, busy ones after their file), `source.include` and
+  by stopping idle workers, busy ones after their file; the SQS source holds
+  more messages at once, or fewer as those in hand finish), `source.include` and
   `source.exclude` (the directory source's filter; a rescan then picks up
   files newly included), `logging.level` and `logging.library_level`;
 - any other change is logged as needing a restart and not applied, so the
@@ -28,7 +29,7 @@ from uploader.filters import FileFilter
 from uploader.limiter import RateLimiter
 from uploader.logs import set_levels
 from uploader.sources.directory import DirectorySource
-from uploader.workers import WorkerPool
+from uploader.workers import Workforce
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class LiveTargets:
     """The running pieces a reload reaches (None: not in this daemon, e.g. no watcher)."""
 
     limiter: RateLimiter | None = None
-    pool: WorkerPool | None = None
+    pool: Workforce | None = None  # the worker pool, or the SQS source
     watcher: DirectorySource | None = None
     set_log_levels: Callable[..., None] = set_levels
 

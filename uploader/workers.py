@@ -13,13 +13,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from uploader.intake import FairIntake
 from uploader.pipeline import Outcome, Pipeline
 from uploader.transfer.job import Signature
 
 log = logging.getLogger(__name__)
+
+
+class Workforce(Protocol):
+    """What hands files to the pipeline in a daemon, as its metrics and a reload see it:
+    this worker pool (directory source) or the SQS source (a message in hand is a slot)."""
+
+    concurrency: int  # files uploaded at once at most (`transfer.concurrency`)
+
+    @property
+    def depth(self) -> int:
+        """Files taken and waiting for their turn."""
+
+    @property
+    def set_aside(self) -> int:
+        """Files waiting for their throttled S3 partition to have room."""
+
+    @property
+    def in_flight(self) -> int:
+        """Files being uploaded now."""
+
+    @property
+    def deferred(self) -> int:
+        """Files waiting here to be retried after a transient failure."""
+
+    def resize(self, concurrency: int) -> None:
+        """Apply a new `transfer.concurrency` live."""
 
 
 class WorkerPool:

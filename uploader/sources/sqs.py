@@ -173,14 +173,22 @@ class _PathLocks:
 
     def __init__(self) -> None:
         self._locks: dict[Path, tuple[asyncio.Lock, int]] = {}
+        self.waiting = 0  # callers waiting for a path someone else holds
 
     @contextlib.asynccontextmanager
     async def hold(self, path: Path) -> AsyncIterator[None]:
         lock, users = self._locks.get(path, (asyncio.Lock(), 0))
         self._locks[path] = (lock, users + 1)
         try:
-            async with lock:
+            self.waiting += 1
+            try:
+                await lock.acquire()
+            finally:
+                self.waiting -= 1
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[path]
             if users == 1:
@@ -190,6 +198,9 @@ class _PathLocks:
 
 
 class SqsSource:
+    """Receives, hands to the pipeline, settles. Seen by the daemon's metrics and reload
+    as its `Workforce` (`uploader.workers`): a message in hand is a slot."""
+
     def __init__(self, *, client: Any, config: Config, pipeline: Pipeline) -> None:
         source = config.source
         assert source.queue_url is not None  # the config validator ensures it
@@ -200,27 +211,80 @@ class SqsSource:
         self._wait_time = source.wait_time_seconds
         self._visibility = source.visibility_timeout_seconds
         self._retry_later = min(int(config.retry.retry_later_seconds), 43200)
-        self._concurrency = config.transfer.concurrency
+        self.concurrency = config.transfer.concurrency
         self._in_hand = 0
         self._slot_freed = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._deleter = _Deleter(client, self._queue_url)
         self._path_locks = _PathLocks()
         self._room = asyncio.Event()  # set when an upload ends: a partition may have room
-        self.aside = 0  # messages waiting for their throttled partition to have room
-        self._max_aside = MAX_ASIDE_PER_SLOT * self._concurrency
+        self._aside = 0  # messages waiting for their throttled partition to have room
+        self._uploading = 0
+        self._receivers: set[asyncio.Task[None]] = set()
+        self._receiver_failed: asyncio.Future[None] | None = None
         self.rejected = 0
+
+    # -------------------------------------------------- as a Workforce
+    @property
+    def depth(self) -> int:
+        """Messages in hand waiting for a duplicate of theirs to finish."""
+        return self._path_locks.waiting
+
+    @property
+    def set_aside(self) -> int:
+        return self._aside
+
+    @property
+    def in_flight(self) -> int:
+        return self._uploading
+
+    @property
+    def deferred(self) -> int:
+        """Always 0: a deferred message goes back to the queue, which does the waiting."""
+        return 0
+
+    def resize(self, concurrency: int) -> None:
+        """A reload: hold up to `concurrency` messages from now on. A raise takes effect
+        at once (more receive loops if needed); a cut as messages in hand finish."""
+        self.concurrency = concurrency
+        self._slot_freed.set()
+        if self._receiver_failed is not None:
+            self._add_receivers()
+
+    @property
+    def _max_aside(self) -> int:
+        return MAX_ASIDE_PER_SLOT * self.concurrency
 
     # ------------------------------------------------------------ receiving
     async def run(self) -> None:
         """Receive and hand out messages until cancelled.
 
-        Several receive loops run at once (one per 10 messages of concurrency):
-        a receive takes a round trip, and one loop alone would cap the rate at
-        10 messages per round trip.
+        Several receive loops run at once (one per 10 messages of concurrency;
+        more start when a reload raises it): a receive takes a round trip, and
+        one loop alone would cap the rate at 10 messages per round trip.
         """
-        loops = max(1, -(-self._concurrency // MAX_BATCH))
-        await asyncio.gather(*(self._receive_loop() for _ in range(loops)))
+        self._receiver_failed = asyncio.get_running_loop().create_future()
+        self._add_receivers()
+        try:
+            await self._receiver_failed  # receive loops end only by failing (or cancel)
+        finally:
+            self._receiver_failed = None
+            for task in self._receivers:
+                task.cancel()
+            await asyncio.gather(*self._receivers, return_exceptions=True)
+
+    def _add_receivers(self) -> None:
+        """Start receive loops up to one per batch of `concurrency`."""
+        for _ in range(max(1, -(-self.concurrency // MAX_BATCH)) - len(self._receivers)):
+            task = asyncio.create_task(self._receive_loop(), name="sqs-receive")
+            self._receivers.add(task)
+            task.add_done_callback(self._receiver_done)
+
+    def _receiver_done(self, task: asyncio.Task[None]) -> None:
+        self._receivers.discard(task)
+        failed = self._receiver_failed
+        if failed is not None and not failed.done() and not task.cancelled():
+            failed.set_exception(task.exception() or RuntimeError("a receive loop ended"))
 
     async def _receive_loop(self) -> None:
         while True:
@@ -237,10 +301,10 @@ class SqsSource:
 
     async def _reserve_slots(self) -> int:
         """Wait for room for one more message; reserve room for up to a batch."""
-        while self._in_hand >= self._concurrency:
+        while self._in_hand >= self.concurrency:
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        wanted = min(MAX_BATCH, self._concurrency - self._in_hand)
+        wanted = min(MAX_BATCH, self.concurrency - self._in_hand)
         self._in_hand += wanted
         return wanted
 
@@ -288,8 +352,12 @@ class SqsSource:
                 # Duplicates received together wait for each other: the second then
                 # finds the file done (journal) instead of racing the first to S3.
                 async with self._path_locks.hold(job.path):
-                    outcome = await self._pipeline.process(job.path, job.relative,
-                                                           job.metadata)
+                    self._uploading += 1
+                    try:
+                        outcome = await self._pipeline.process(job.path, job.relative,
+                                                               job.metadata)
+                    finally:
+                        self._uploading -= 1
             finally:
                 self._room.set()
         finally:
@@ -301,9 +369,9 @@ class SqsSource:
         """While `partition` is throttled and has no room, wait aside: the message's
         slot goes to the receivers meanwhile (see the module's docstring)."""
         has_room = self._pipeline.partition_has_room
-        if has_room(partition) or self.aside >= self._max_aside:
+        if has_room(partition) or self._aside >= self._max_aside:
             return
-        self.aside += 1
+        self._aside += 1
         self._free_slots(1)
         try:
             while not has_room(partition):
@@ -313,7 +381,7 @@ class SqsSource:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), RECHECK_SECONDS)
         finally:
-            self.aside -= 1
+            self._aside -= 1
             self._in_hand += 1  # in hand again (may pass concurrency for a moment)
 
     async def _settle(self, receipt: str, outcome: Outcome, job: QueueJob) -> None:
