@@ -34,11 +34,17 @@ def test_messages_are_parsed_and_bad_ones_named():
                                                        {"team": "x"})
     assert parse_message('{"path": "/elsewhere/c.txt"}', root=Path("/share")).relative == "c.txt"
     assert parse_message('{"path": "/x/c.txt", "key": "k/n.txt"}', root=None).relative == "k/n.txt"
+    # The key also names the file under move_to (after_upload: move): never outside it.
+    assert parse_message('{"path": "/x/c.txt", "key": "/k/n.txt"}', root=None).relative == "k/n.txt"
     for body, reason in [("not json", "not JSON"), ("[1]", "expected a JSON object"),
                          ("{}", '"path" is missing'), ('{"path": "rel/x"}', "must be absolute"),
                          ('{"path": "/x", "key": ""}', '"key" must be'),
                          ('{"path": "/x", "metadata": {"a": 1}}', '"metadata" must be'),
-                         ('{"path": "/x", "colour": "red"}', "unknown field")]:
+                         ('{"path": "/x", "colour": "red"}', "unknown field"),
+                         ('{"path": "/x", "key": "../../etc/x"}', '"key" must not contain'),
+                         ('{"path": "/x", "key": "a/./b"}', '"key" must not contain'),
+                         ('{"path": "/x/\\ud800.csv"}', '"path" is not valid Unicode'),
+                         ('{"path": "/x", "key": "\\udce9"}', '"key" is not valid Unicode')]:
         with pytest.raises(MessageError, match=reason):
             parse_message(body, root=None)
 

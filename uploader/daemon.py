@@ -55,9 +55,12 @@ async def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
             stopped.cancel()
             for task in background:
                 task.cancel()
-            for task in background:
-                await _reap(task)
-            await source.stop(grace_seconds=config.shutdown_grace_seconds)
+            try:
+                for task in background:
+                    await _reap(task)  # re-raises a failure of the source or the janitor
+            finally:
+                # Even then: in-flight uploads get their grace period, queued deletes go out.
+                await source.stop(grace_seconds=config.shutdown_grace_seconds)
     finally:
         journal.close()
     log.info("stopped")

@@ -32,6 +32,10 @@ class SourceUnreadable(SourceError):
     """The file exists but cannot be read (permissions, I/O error)."""
 
 
+class InvalidFileName(SourceError):
+    """The file's name is not UTF-8, which S3 keys (and the journal) require."""
+
+
 class TransferError(UploaderError):
     """An S3 request failed. `code` is S3's error code or a short local reason."""
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Callable
 
 from uploader.bucket_check import BucketCheck
 from uploader.errors import (
+    InvalidFileName,
     PermanentError,
     SourceChanged,
     SourceError,
@@ -32,9 +34,9 @@ from uploader.keys import KeyNamer
 from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, Signature, stat_signature
-from uploader.transfer.multipart import upload_multipart
+from uploader.transfer.multipart import abort_upload, upload_multipart
 from uploader.transfer.put import put_file
-from uploader.verify import confirm_object, look_for_object, matching_object_exists
+from uploader.verify import confirm_object, head_key, look_for_object, matching_object_exists
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ class Pipeline:
 
     def partition_of(self, relative: str) -> str:
         """The rate-limiter partition the file at `relative` is uploaded to."""
+        if not _is_unicode(relative):
+            return ""  # no key can be named for it; `process` fails it, saying why
         return self.ctx.partition_of(self.keys.key(relative))
 
     def _admitted(self, partition: str) -> contextlib.AbstractContextManager[None]:
@@ -120,14 +124,17 @@ class Pipeline:
         here); the upload proves the file still matches it when it opens the file.
         """
         started = time.monotonic()
-        key = self.keys.key(relative)
-        context = bind_log_context(file=str(path), key=key)
-        try:
-            with self._admitted(self.ctx.partition_of(key)):
-                outcome, result = await self._process(path, relative, key, metadata or {},
-                                                      signature)
-        finally:
-            unbind_log_context(context)
+        if _is_unicode(str(path), relative):
+            key = self.keys.key(relative)
+            context = bind_log_context(file=str(path), key=key)
+            try:
+                with self._admitted(self.ctx.partition_of(key)):
+                    outcome, result = await self._process(path, relative, key, metadata or {},
+                                                          signature)
+            finally:
+                unbind_log_context(context)
+        else:
+            outcome, result = self._unnamable(path), None
         self.totals.add(outcome, result)
         for listener in self.listeners:
             listener(path, outcome, result, time.monotonic() - started)
@@ -139,8 +146,7 @@ class Pipeline:
             if signature is None:
                 signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
         except SourceVanished as exc:
-            self._record_skip(path, key, reason=str(exc))
-            return Outcome.SKIPPED, None
+            return await self._vanished(path, key, reason=str(exc)), None
         except SourceError as exc:
             self.totals.failed_because(exc)
             self._record(path, key, size=0, mtime_ns=0, status=FAILED, error=str(exc))
@@ -170,7 +176,7 @@ class Pipeline:
                       previous: FileRecord | None) -> tuple[Outcome, UploadResult | None]:
         extra = {"file": str(job.path), "key": job.key}
         try:
-            result = await self._transfer(job, crashed_before=_was_interrupted(previous, job))
+            result = await self._transfer(job, previous)
             if self.after_upload.action != "keep" or self.shared_work:
                 await confirm_object(self.ctx, job, result)
         except SourceChanged as exc:
@@ -178,8 +184,7 @@ class Pipeline:
             self._record_job(job, PENDING, error=str(exc))
             return Outcome.CHANGED, None
         except SourceVanished as exc:
-            self._record_skip(job.path, job.key, reason=str(exc))
-            return Outcome.SKIPPED, None
+            return await self._vanished(job.path, job.key, reason=str(exc)), None
         except TransientError as exc:
             # Throttling, an outage, a flaky network: nothing is wrong with the
             # file. It stays pending and goes back in line later.
@@ -202,9 +207,9 @@ class Pipeline:
             return Outcome.ALREADY_UPLOADED, None
         return Outcome.UPLOADED, result
 
-    async def _transfer(self, job: FileJob, *, crashed_before: bool) -> UploadResult:
+    async def _transfer(self, job: FileJob, previous: FileRecord | None) -> UploadResult:
         await self.bucket_check.ensure_exists()
-        look_first = crashed_before or self.shared_work
+        look_first = _was_interrupted(previous, job) or self.shared_work
         if look_first and self.journal.find_upload(str(job.path)) is None:
             # A previous run (or another instance) may have finished the upload
             # without this journal knowing.
@@ -223,6 +228,9 @@ class Pipeline:
         try:
             if job.size >= self.ctx.multipart_threshold:
                 return await upload_multipart(self.ctx, job)
+            if previous is not None and previous.status != UPLOADED:
+                # Parked as multipart when the file was larger (or the threshold lower).
+                await self._abort_parked(job.path, reason="the file now goes up in one PUT")
             return await put_file(self.ctx, job)
         except PermanentError as exc:
             if not (job.create_only and exc.code == "PreconditionFailed"):
@@ -240,17 +248,59 @@ class Pipeline:
                              f"meanwhile with other bytes than {job.path}; trying again later",
                              code="PreconditionFailed", status=412)
 
+    async def _vanished(self, path: Path, key: str, *, reason: str) -> Outcome:
+        """The file is gone. Done already if it went up before and was then deleted or
+        moved (a late event, a redelivered message); otherwise skipped, and a multipart
+        upload parked for it is aborted: nothing could ever complete it."""
+        previous = self.journal.lookup(str(path))
+        if previous is not None and previous.status == UPLOADED and previous.key == key:
+            log.info("%s is gone; it was uploaded before", path,
+                     extra={"file": str(path), "key": key})
+            return Outcome.ALREADY_UPLOADED
+        if await self._removed_by_another_instance(key):
+            log.info("%s is gone and s3://%s/%s exists: another instance uploaded it, then "
+                     "applied after_upload: %s", path, self.ctx.bucket, key,
+                     self.after_upload.action, extra={"file": str(path), "key": key})
+            return Outcome.ALREADY_UPLOADED
+        await self._abort_parked(path, reason=f"{path} is gone")
+        self._record_skip(path, key, reason=reason)
+        return Outcome.SKIPPED
+
+    async def _removed_by_another_instance(self, key: str) -> bool:
+        """A fleet sharing a queue, files deleted or moved after upload: an instance with
+        a duplicate message finds the file gone, and only S3 knows it went up."""
+        if not self.shared_work or self.after_upload.action == "keep":
+            return False
+        try:
+            return await head_key(self.ctx, key) is not None
+        except TransferError:
+            return False  # cannot tell: skipped, as without the question
+
+    async def _abort_parked(self, path: Path, *, reason: str) -> None:
+        parked = self.journal.find_upload(str(path))
+        if parked is not None:
+            await abort_upload(self.ctx, parked, reason=reason)
+
+    def _unnamable(self, path: Path) -> Outcome:
+        """A file name that is not UTF-8: S3 keys and the journal hold UTF-8 text only."""
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        error = InvalidFileName(f"{shown}: the file name is not valid UTF-8, so it cannot "
+                                "name an S3 object (rename the file)")
+        log.error("%s", error)
+        self.totals.failed_because(error)
+        return Outcome.FAILED
+
     def _apply_after_upload(self, job: FileJob) -> None:
         action = self.after_upload.action
         try:
             if action == "delete":
                 job.path.unlink()
             elif action == "move" and self.after_upload.move_to is not None:
-                target = self.after_upload.move_to / job.relative
+                target = _inside(self.after_upload.move_to, job.relative)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(job.path, target)
         except OSError as exc:
-            log.error("uploaded %s but could not %s it: %s", job.path, action, exc.strerror,
+            log.error("uploaded %s but could not %s it: %s", job.path, action, exc.strerror or exc,
                       extra={"file": str(job.path), "key": job.key})
 
     def _record_job(self, job: FileJob, status: str, *, etag: str | None = None,
@@ -269,6 +319,23 @@ class Pipeline:
         if previous is not None and previous.status == UPLOADED:
             return  # e.g. moved away after upload, then an old event arrived
         self._record(path, key, size=0, mtime_ns=0, status=SKIPPED, error=reason)
+
+
+def _is_unicode(*names: str) -> bool:
+    try:
+        for name in names:
+            name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refusing a name that would leave `folder` (`..`, a leading `/`)."""
+    target = Path(os.path.normpath(folder / relative.lstrip("/")))
+    if not target.is_relative_to(folder):
+        raise OSError(f"{relative!r} would be moved outside {folder}")
+    return target
 
 
 def _was_interrupted(previous: FileRecord | None, job: FileJob) -> bool:

@@ -13,11 +13,16 @@ from uploader.transfer.sizing import part_count, part_range, part_size_for
 
 
 async def head(ctx: TransferContext, job: FileJob) -> dict | None:
+    """HeadObject of the job's key, or None if there is no such object."""
+    return await head_key(ctx, job.key, what=ctx.describe(job, "HEAD"))
+
+
+async def head_key(ctx: TransferContext, key: str, *, what: str | None = None) -> dict | None:
     """HeadObject, or None if there is no such object."""
     try:
         return await ctx.retry.call(
-            lambda: ctx.client.head_object(Bucket=ctx.bucket, Key=job.key),
-            what=ctx.describe(job, "HEAD"))
+            lambda: ctx.client.head_object(Bucket=ctx.bucket, Key=key),
+            what=what or f"HEAD s3://{ctx.bucket}/{key}")
     except PermanentError as exc:
         if exc.status == 404:
             return None

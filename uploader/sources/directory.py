@@ -3,9 +3,14 @@
 A file is handed on only when it is whole: it was closed after writing
 (IN_CLOSE_WRITE) or moved in (IN_MOVED_TO), and then stayed unchanged for
 `settle_seconds`. Files still open for writing (seen modified, not yet closed)
-are never taken. A full rescan at start and every `rescan_interval_seconds`
-catches what events missed (inotify queues overflow); after an overflow the
-open-for-writing knowledge is gone, so rescans rely on the settle period.
+are not taken, with two exceptions, because some changes close nothing: a
+link made in the tree (a hard link or, with `follow_symlinks`, a symlink:
+IN_CREATE alone) settles at once, and a file seen written but silent for a
+whole `rescan_interval_seconds` (e.g. truncated by path: IN_MODIFY alone) is
+taken by the next rescan, after settling. A full rescan at start and every
+`rescan_interval_seconds` catches what events missed (inotify queues
+overflow); after an overflow the open-for-writing knowledge is gone, so
+rescans rely on the settle period.
 
 Each folder is watched just before the scan lists it (not all folders up
 front), so a file that lands after its folder's listing raises an event, and
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +67,8 @@ class DirectorySource:
         self._clock = clock
         self._wall_clock = wall_clock
         self._settling: dict[Path, _Settling] = {}
-        self._writing: set[Path] = set()
+        # Seen created or modified and not closed yet: when it was last seen written.
+        self._writing: dict[Path, float] = {}
         self._wake = asyncio.Event()
         self._full_rescan = False
         self._subtrees: list[Path] = []
@@ -114,7 +121,7 @@ class DirectorySource:
         count = 0
         for path, st, relative in self.walker.files(top, entering=self._watch_folder):
             count += 1
-            if path in self._writing or path in self._settling:
+            if path in self._settling or self._still_writing(path):
                 continue
             if self._wall_clock() - st.st_mtime >= self.settle_seconds:
                 await self.submit(path, relative, Signature.of(st))
@@ -124,6 +131,17 @@ class DirectorySource:
                 await asyncio.sleep(0)  # let uploads run during a huge scan
         self.scans_completed += 1
         log.debug("scanned %d files below %s in %.2fs", count, top, time.monotonic() - started)
+
+    def _still_writing(self, path: Path) -> bool:
+        """Seen written and not closed, unless silent for a whole rescan interval: some
+        writes close nothing (truncate by path), and no event would ever free the file."""
+        last_written = self._writing.get(path)
+        if last_written is None:
+            return False
+        if self._clock() - last_written < self.rescan_interval:
+            return True
+        del self._writing[path]
+        return False
 
     # -- settling ---------------------------------------------------------
 
@@ -150,7 +168,7 @@ class DirectorySource:
 
     async def _settle(self, path: Path) -> None:
         entry = self._settling.pop(path, None)
-        if entry is None or path in self._writing:
+        if entry is None or self._still_writing(path):
             return
         current = self._signature(path)
         if current is None:
@@ -178,9 +196,13 @@ class DirectorySource:
     @staticmethod
     def _add_watch(inotify: "Inotify", directory: Path, mask: "Mask") -> None:
         try:
-            inotify.add_watch(directory, mask)  # again on a rescan: the same watch
+            watch = inotify.add_watch(directory, mask)  # again on a rescan: the same watch
         except OSError as exc:
             log.warning("cannot watch %s (%s); rescans will cover it", directory, exc)
+            return
+        # A watch follows its folder's inode; after a rename it is found again under
+        # the new path, and its events must name files by that path from now on.
+        watch.path = directory
 
     def _on_event(self, inotify: "Inotify", event: object, mask: "Mask") -> None:
         kind = event.mask  # type: ignore[attr-defined]
@@ -202,15 +224,27 @@ class DirectorySource:
             return
         if not self.walker.wants_file(path):
             return
-        if kind & (Mask.CREATE | Mask.MODIFY):
-            self._writing.add(path)
+        if kind & Mask.CREATE and self._is_link(path):
+            if not path.is_symlink() or self.follow_symlinks:
+                self._consider(path)  # a new name for existing bytes: nothing writes through it
+        elif kind & (Mask.CREATE | Mask.MODIFY):
+            self._writing[path] = self._clock()
             self._settling.pop(path, None)
         elif kind & (Mask.CLOSE_WRITE | Mask.MOVED_TO):
-            self._writing.discard(path)
+            self._writing.pop(path, None)
             self._consider(path)
         elif kind & (Mask.DELETE | Mask.MOVED_FROM):
-            self._writing.discard(path)
+            self._writing.pop(path, None)
             self._settling.pop(path, None)
+
+    @staticmethod
+    def _is_link(path: Path) -> bool:
+        """A symlink, or a hard link to an existing file: IN_CREATE and nothing after."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1)
 
 
 def _mask() -> "Mask":

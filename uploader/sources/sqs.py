@@ -85,17 +85,39 @@ def parse_message(body: str, *, root: Path | None) -> QueueJob:
     path = data.get("path")
     if not isinstance(path, str) or not path:
         raise MessageError('"path" is missing or not a string')
+    _check_unicode(path, "path")
     if not Path(path).is_absolute():
         raise MessageError(f'"path" must be absolute, got {path!r}')
     key = data.get("key")
-    if key is not None and (not isinstance(key, str) or not key.strip("/")):
-        raise MessageError('"key" must be a non-empty string')
+    if key is not None:
+        key = _checked_key(key)
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise MessageError('"metadata" must be an object of strings')
     return QueueJob(path=Path(path), relative=key or _default_name(Path(path), root),
                     metadata=metadata)
+
+
+def _checked_key(key: object) -> str:
+    """The message's `key`, without leading `/` (the object key never has them)."""
+    if not isinstance(key, str) or not key.strip("/"):
+        raise MessageError('"key" must be a non-empty string')
+    _check_unicode(key, "key")
+    key = key.lstrip("/")
+    # `after_upload: move` files the file under move_to by this name: `..` would leave it.
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise MessageError(f'"key" must not contain "." or ".." segments, got {key!r}')
+    return key
+
+
+def _check_unicode(text: str, name: str) -> None:
+    """JSON may carry lone surrogates (\\ud800), which no file name or S3 key can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError(f'"{name}" is not valid Unicode (a lone surrogate), got {text!r}') \
+            from None
 
 
 def _default_name(path: Path, root: Path | None) -> str:
@@ -344,8 +366,8 @@ class SqsSource:
             await self._release(receipt, delay=0)
             self.rejected += 1
             return
-        heartbeat = asyncio.create_task(self._heartbeat(receipt))
         partition = self._pipeline.partition_of(job.relative)
+        heartbeat = asyncio.create_task(self._heartbeat(receipt))
         try:
             await self._wait_for_room(partition)
             try:
