@@ -162,15 +162,22 @@ async def test_the_janitor_aborts_only_old_uploads_the_journal_does_not_know(
                for i in range(3)]
     ours = s3.create_multipart_upload(Bucket=bucket, Key="in/ours.bin")["UploadId"]
     elsewhere = s3.create_multipart_upload(Bucket=bucket, Key="other/x.bin")["UploadId"]
+    gone = s3.create_multipart_upload(Bucket=bucket, Key="in/gone.bin")["UploadId"]
     journal = Journal(tmp_path / "journal.sqlite3")
-    journal.start_upload(UploadRecord(path=str(tmp_path / "ours.bin"), key="in/ours.bin",
-                                      upload_id=ours, size=1, mtime_ns=1, part_size=PART,
-                                      parts=1, checksum="md5", created_at=time.time()))
+    (tmp_path / "ours.bin").write_bytes(b"x")  # parked, to be resumed
+    for name, upload_id in (("ours", ours), ("gone", gone)):
+        journal.start_upload(UploadRecord(
+            path=str(tmp_path / f"{name}.bin"), key=f"in/{name}.bin", upload_id=upload_id,
+            size=1, mtime_ns=1, part_size=PART, parts=1, checksum="md5",
+            created_at=time.time()))
     config = make_config(tmp_path, s3_server.endpoint_url, bucket, region=s3_server.region)
     async with services(config, journal=journal) as svc:
         young = await Janitor(ctx=svc.pipeline.ctx, prefix="in/",
                               abort_after_seconds=3600).sweep()
-        assert young.aborted == [] and young.kept_young == 3 and young.kept_known == 1
+        # Known but its file deleted while parked: nothing would ever complete it.
+        assert young.aborted == ["in/gone.bin"] and journal.find_upload(
+            str(tmp_path / "gone.bin")) is None
+        assert young.kept_young == 3 and young.kept_known == 1
 
         two_days_later = datetime.datetime.now().timestamp() + 2 * 86400
         report = await Janitor(ctx=svc.pipeline.ctx, prefix="in/", abort_after_seconds=86400,

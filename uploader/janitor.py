@@ -7,7 +7,10 @@ CreateMultipartUpload and the journal's commit can leave orphans. At start and
 every `janitor.interval_seconds`, the janitor lists the in-progress uploads
 under `s3.prefix` (ListMultipartUploads, every page) and aborts those the
 journal does not know that are older than `janitor.abort_after_seconds` (the
-age keeps it off uploads another instance or tool is still writing).
+age keeps it off uploads another instance or tool is still writing). Uploads
+the journal knows are ours to resume, unless their file is gone (deleted
+while parked, or while the daemon was down): nothing will ever complete
+those, so they are aborted too, whatever their age.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from uploader.errors import PermanentError, TransferError
+from uploader.journal import UploadRecord
 from uploader.transfer.context import TransferContext
+from uploader.transfer.multipart import abort_upload
 
 log = logging.getLogger(__name__)
 LIST_UPLOADS_PAGE = 1000
@@ -53,11 +59,15 @@ class Janitor:
 
     async def sweep(self) -> SweepReport:
         report = SweepReport()
+        parked = {record.upload_id: record for record in self.ctx.journal.uploads()}
         async for upload in self._in_progress():
             report.listed += 1
             # Asked per upload, not once per sweep: uploads started meanwhile count.
             if self.ctx.journal.knows_upload(upload["UploadId"]):
-                report.kept_known += 1
+                if await self._abort_if_file_gone(parked.get(upload["UploadId"])):
+                    report.aborted.append(upload["Key"])
+                else:
+                    report.kept_known += 1
             elif self._age(upload) < self.abort_after_seconds:
                 report.kept_young += 1
             elif await self._abort(upload):
@@ -81,6 +91,12 @@ class Janitor:
             if not page.get("IsTruncated") or not following or following == markers:
                 return
             markers = following
+
+    async def _abort_if_file_gone(self, record: UploadRecord | None) -> bool:
+        if record is None or os.path.lexists(record.path):
+            return False  # started since the sweep began, or still there to resume
+        await abort_upload(self.ctx, record, reason="its file is gone (janitor)")
+        return self.ctx.journal.find_upload(record.path) is None
 
     def _age(self, upload: dict[str, Any]) -> float:
         initiated = upload.get("Initiated")
