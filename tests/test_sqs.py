@@ -341,3 +341,30 @@ async def test_messages_waiting_for_a_duplicate_are_counted():
     assert locks.waiting == 0  # a cancelled waiter is not counted any more
     release.set()
     await asyncio.gather(*tasks[:2])
+
+
+@pytest.mark.timeout(90)
+def test_messages_unfinished_at_shutdown_are_handed_back_at_once(
+        sqs_config, daemon_factory, queue, fault_proxy, tmp_path):
+    """Every S3 request hangs (30 s latency), the grace period is 1 s: the three messages in
+    hand are handed back to the queue at the stop, not after their 60 s visibility."""
+    files = share_files(tmp_path / "outbox", 3)
+    fault_proxy.latency = 30
+    queue.send([json.dumps({"path": str(path)}) for path in files])
+    config = sqs_config(visibility_timeout_seconds=60)
+    settings = yaml.safe_load(config.read_text())
+    settings["shutdown_grace_seconds"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    daemon = daemon_factory(config)
+    wait_for_metric(endpoint(daemon), lambda p: p.value("uploader_uploads_in_flight") == 3,
+                    what="3 uploads hanging")
+    assert visible(queue) == 0
+    assert daemon.terminate() == 0
+    assert visible(queue) == 3
+    assert "handed 3 unfinished message(s) back to the queue" in daemon.log()
+
+
+def visible(queue: Queue) -> int:
+    attributes = queue.sqs.get_queue_attributes(QueueUrl=queue.url,
+                                                AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])

@@ -152,4 +152,5 @@ def _dirs_inside(config: Config) -> tuple:
 
 def _janitor(config: Config, svc: Services) -> Janitor:
     return Janitor(ctx=svc.pipeline.ctx, prefix=config.s3.prefix,
-                   abort_after_seconds=config.janitor.abort_after_seconds)
+                   abort_after_seconds=config.janitor.abort_after_seconds,
+                   parked_resume_here=config.source.type == "directory")

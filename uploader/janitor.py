@@ -10,7 +10,10 @@ journal does not know that are older than `janitor.abort_after_seconds` (the
 age keeps it off uploads another instance or tool is still writing). Uploads
 the journal knows are ours to resume, unless their file is gone (deleted
 while parked, or while the daemon was down): nothing will ever complete
-those, so they are aborted too, whatever their age.
+those, so they are aborted too, whatever their age. With the SQS source a
+parked upload resumes only if its message comes back to this instance; one
+older than `abort_after_seconds` never will (SQS hides a message for 12 hours
+at most), so it is aborted like an unknown one.
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ class SweepReport:
 
 class Janitor:
     def __init__(self, *, ctx: TransferContext, prefix: str, abort_after_seconds: float,
+                 parked_resume_here: bool = True,
                  now: Callable[[], float] = time.time) -> None:
+        """`parked_resume_here`: False when parked uploads may be finished elsewhere (SQS)."""
         self.ctx = ctx
+        self.parked_resume_here = parked_resume_here
         self.prefix = prefix
         self.abort_after_seconds = abort_after_seconds
         self._now = now
@@ -64,7 +70,7 @@ class Janitor:
             report.listed += 1
             # Asked per upload, not once per sweep: uploads started meanwhile count.
             if self.ctx.journal.knows_upload(upload["UploadId"]):
-                if await self._abort_if_file_gone(parked.get(upload["UploadId"])):
+                if await self._abort_abandoned(parked.get(upload["UploadId"]), upload):
                     report.aborted.append(upload["Key"])
                 else:
                     report.kept_known += 1
@@ -92,10 +98,18 @@ class Janitor:
                 return
             markers = following
 
-    async def _abort_if_file_gone(self, record: UploadRecord | None) -> bool:
-        if record is None or os.path.lexists(record.path):
-            return False  # started since the sweep began, or still there to resume
-        await abort_upload(self.ctx, record, reason="its file is gone (janitor)")
+    async def _abort_abandoned(self, record: UploadRecord | None,
+                               upload: dict[str, Any]) -> bool:
+        """Abort a journaled upload nothing will complete; True if it was aborted."""
+        if record is None:
+            return False  # started since the sweep began
+        if not os.path.lexists(record.path):
+            reason = "its file is gone (janitor)"
+        elif not self.parked_resume_here and self._age(upload) >= self.abort_after_seconds:
+            reason = "parked longer than janitor.abort_after_seconds (janitor)"
+        else:
+            return False
+        await abort_upload(self.ctx, record, reason=reason)
         return self.ctx.journal.find_upload(record.path) is None
 
     def _age(self, upload: dict[str, Any]) -> float:

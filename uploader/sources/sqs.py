@@ -24,7 +24,8 @@ Each message names a file on a shared filesystem (EFS, NFS) as JSON:
   `shared_work` mode, so it looks in S3 (HEAD: size and MD5-derived ETag)
   before sending, and a file already there is not sent again.
 - A killed instance's messages reappear after their visibility timeout and
-  are taken by the others.
+  are taken by the others; a stopped one hands back those it could not finish
+  within `shutdown_grace_seconds` at once.
 
 SQS requests use botocore's standard retries (the S3 retry layer, its
 limiter and breaker are for S3 alone).
@@ -55,6 +56,7 @@ MAX_BATCH = 10  # SQS's limit for receive and delete batches
 DELETE_FLUSH_SECONDS = 0.2
 CHANGED_RETRY_SECONDS = 5  # a file that changed while uploading is retried after this
 IDLE_BACKOFF_SECONDS = 5.0  # after a failed receive
+HAND_BACK_TIMEOUT_SECONDS = 5.0  # at shutdown: SQS may be what is failing
 # Messages that may wait aside for a throttled partition, per transfer.concurrency (as the
 # directory source's queue holds 4 files per worker).
 MAX_ASIDE_PER_SLOT = 4
@@ -236,7 +238,7 @@ class SqsSource:
         self.concurrency = config.transfer.concurrency
         self._in_hand = 0
         self._slot_freed = asyncio.Event()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], str] = {}  # -> the message's receipt
         self._deleter = _Deleter(client, self._queue_url)
         self._path_locks = _PathLocks()
         self._room = asyncio.Event()  # set when an upload ends: a partition may have room
@@ -318,7 +320,7 @@ class SqsSource:
                 self._free_slots(wanted - len(messages))
             for message in messages:
                 task = asyncio.create_task(self._handle(message))
-                self._handlers.add(task)
+                self._handlers[task] = message["ReceiptHandle"]
                 task.add_done_callback(self._handler_done)
 
     async def _reserve_slots(self) -> int:
@@ -350,7 +352,7 @@ class SqsSource:
         return response.get("Messages", [])
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
-        self._handlers.discard(task)
+        self._handlers.pop(task, None)
         self._free_slots(1)
         if not task.cancelled() and task.exception() is not None:
             log.error("handling a message failed: %r", task.exception())
@@ -441,12 +443,31 @@ class SqsSource:
 
     # ------------------------------------------------------------- stopping
     async def stop(self, *, grace_seconds: float) -> None:
-        """Wait for messages in hand; after the grace period cancel them (they reappear)."""
+        """Wait for messages in hand; after the grace period cancel them and hand them
+        back to the queue at once, for the other instances (or the next start)."""
         if self._handlers:
             log.info("waiting up to %.0fs for %d message(s) in hand", grace_seconds,
                      len(self._handlers))
             _, pending = await asyncio.wait(set(self._handlers), timeout=grace_seconds)
+            receipts = [self._handlers[task] for task in pending]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            await self._hand_back(receipts)
         await self._deleter.close()
+
+    async def _hand_back(self, receipts: list[str]) -> None:
+        """Visible again now rather than after their visibility timeout (a best effort:
+        if SQS cannot be reached, the timeout brings them back anyway)."""
+        for start in range(0, len(receipts), MAX_BATCH):
+            entries = [{"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
+                       for i, receipt in enumerate(receipts[start:start + MAX_BATCH])]
+            try:
+                await asyncio.wait_for(self._client.change_message_visibility_batch(
+                    QueueUrl=self._queue_url, Entries=entries), HAND_BACK_TIMEOUT_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - they come back after their timeout
+                log.warning("could not hand %d message(s) back to the queue: %s",
+                            len(entries), exc)
+                return
+        if receipts:
+            log.info("handed %d unfinished message(s) back to the queue", len(receipts))
