@@ -21,7 +21,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS uploads (
     part_size  INTEGER NOT NULL,
     parts      INTEGER NOT NULL,
     checksum   TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    inode      INTEGER,
+    ctime_ns   INTEGER
 );
 CREATE INDEX IF NOT EXISTS uploads_by_id ON uploads(upload_id);
 CREATE TABLE IF NOT EXISTS parts (
@@ -62,6 +64,12 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (upload_id, part_number)
 );
 """
+
+# Columns added to tables that journals on disk already have: a journal written
+# by an older version gets them on open (ALTER TABLE ADD COLUMN), NULL in old rows.
+ADDED_COLUMNS = {
+    "uploads": {"inode": "INTEGER", "ctime_ns": "INTEGER"},
+}
 
 # File states. `uploading` is written when a transfer starts, so a crash leaves
 # evidence that the object may or may not exist yet.
@@ -99,6 +107,15 @@ class UploadRecord:
     parts: int
     checksum: str
     created_at: float
+    # The file the parts are read from, as stat saw it before the upload was
+    # created; None in rows journaled before these were (unknown).
+    inode: int | None = None
+    ctime_ns: int | None = None
+
+
+# Named, not `SELECT *` or bare VALUES: the record decides the order, not the table.
+UPLOAD_COLUMNS = ", ".join(field.name for field in fields(UploadRecord))
+UPLOAD_PLACEHOLDERS = ", ".join("?" for _ in fields(UploadRecord))
 
 
 @dataclass(frozen=True)
@@ -116,10 +133,34 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
         self._in_transaction = False
         self._batch: asyncio.Future[None] | None = None  # the commit the open batch awaits
         self.writes = 0
         self.commits = 0
+
+    def _add_missing_columns(self) -> None:
+        """Bring a journal written by an older version up to this SCHEMA."""
+        if not self._missing_columns():
+            return  # the usual case: no write, no lock
+        # IMMEDIATE: two processes opening the same old journal (the daemon,
+        # `uploader status`) must not both add a column; the second finds it.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, declaration in self._missing_columns():
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _missing_columns(self) -> list[tuple[str, str, str]]:
+        missing = []
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            missing += [(table, column, declaration) for column, declaration in columns.items()
+                        if column not in present]
+        return missing
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> "Journal":
@@ -227,18 +268,30 @@ class Journal:
     # -- multipart uploads -------------------------------------------------
 
     def start_upload(self, record: UploadRecord) -> None:
+        """Journal a new upload of a file, replacing the one it had, if any.
+
+        The replaced upload's parts are deleted with it, in the same
+        transaction: once its row is gone nothing would ever delete them. (A
+        row is replaced when the old upload's abort failed; the janitor aborts
+        that one on the server once it is old.)
+        """
         self._write(
-            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.path, record.key, record.upload_id, record.size, record.mtime_ns,
-             record.part_size, record.parts, record.checksum, record.created_at))
+            "DELETE FROM parts WHERE upload_id IN"
+            " (SELECT upload_id FROM uploads WHERE path = ? AND upload_id != ?)",
+            (record.path, record.upload_id))
+        self._write(
+            f"INSERT OR REPLACE INTO uploads ({UPLOAD_COLUMNS}) VALUES ({UPLOAD_PLACEHOLDERS})",
+            astuple(record))
         self._written()
 
     def find_upload(self, path: str) -> UploadRecord | None:
-        row = self._db.execute("SELECT * FROM uploads WHERE path = ?", (path,)).fetchone()
+        row = self._db.execute(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE path = ?",
+                               (path,)).fetchone()
         return UploadRecord(*row) if row else None
 
     def uploads(self) -> list[UploadRecord]:
-        return [UploadRecord(*row) for row in self._db.execute("SELECT * FROM uploads")]
+        return [UploadRecord(*row)
+                for row in self._db.execute(f"SELECT {UPLOAD_COLUMNS} FROM uploads")]
 
     def knows_upload(self, upload_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM uploads WHERE upload_id = ?",

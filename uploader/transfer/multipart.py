@@ -5,41 +5,60 @@ checksum are journaled as the part completes, before it counts as done. So a
 killed process resumes where it stopped (ListParts reconciles the journal with
 the server); a cancelled one (shutdown), or one whose retries ran out on
 transient errors, parks its upload for the next attempt. An upload that fails
-for good, or whose file changed, is aborted.
+for good, or whose file changed, is aborted; so is a parked one whose file was
+replaced since, even with its size and mtime kept (the inode and ctime are
+journaled with the UploadId).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 from typing import Any, Iterator
 
 from uploader.checksums import ALGORITHM, PARAMETER, checksum_b64
-from uploader.errors import PermanentError, TransferError, TransientError, UploaderError
+from uploader.errors import (
+    PermanentError,
+    SourceChanged,
+    SourceUnreadable,
+    SourceVanished,
+    TransferError,
+    TransientError,
+    UploaderError,
+)
 from uploader.journal import PartRecord, UploadRecord
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import (
     FileJob,
+    Signature,
     create_only_condition,
     ensure_unchanged,
     open_for_upload,
     read_into,
+    read_range,
 )
 from uploader.transfer.sizing import part_count, part_range, part_size_for
 from uploader.verify import check_completed_etag, matching_object_exists
 
 log = logging.getLogger(__name__)
 LIST_PARTS_PAGE = 1000
+VERIFY_CHUNK = 1024 * 1024  # reading a part again to check it: bounded memory
 
 
 async def upload_multipart(ctx: TransferContext, job: FileJob) -> UploadResult:
     part_size = part_size_for(job.size, ctx.part_size)
     total = part_count(job.size, part_size)
-    upload = await _resume_or_create(ctx, job, part_size=part_size, total=total)
+    upload, resumed = await _resume_or_create(ctx, job, part_size=part_size, total=total)
     try:
-        done = await _parts_already_stored(ctx, job, upload)
+        # A resumed upload is always asked about (one ListParts per resume), even
+        # with no part journaled: after a crash right after CreateMultipartUpload
+        # the server may have dropped it (expired, aborted), and UploadPart's
+        # NoSuchUpload would fail the file for good. One just created exists
+        # and has no parts: nothing to ask.
+        done = await _parts_already_stored(ctx, job, upload) if resumed else {}
         if done is None:
             # The server no longer knows this upload: it was completed just
             # before a crash (then the object is there), or aborted / expired.
@@ -71,21 +90,85 @@ async def upload_multipart(ctx: TransferContext, job: FileJob) -> UploadResult:
 
 
 async def _resume_or_create(ctx: TransferContext, job: FileJob, *, part_size: int,
-                            total: int) -> UploadRecord:
+                            total: int) -> tuple[UploadRecord, bool]:
+    """The journaled upload of this file if it can go on, else a new one; True if resumed."""
     previous = ctx.journal.find_upload(str(job.path))
     if previous is not None:
         if (previous.key, previous.size, previous.mtime_ns, previous.part_size,
                 previous.checksum) == (job.key, job.size, job.signature.mtime_ns, part_size,
-                                       ctx.checksum):
+                                       ctx.checksum) and await _same_file(ctx, job, previous):
             log.info("resuming multipart upload of %s", job.path,
                      extra={"file": str(job.path), "key": job.key})
-            return previous
+            return previous, True
         await abort_upload(ctx, previous, reason="the file or settings changed since")
-    return await _create(ctx, job, part_size=part_size, total=total)
+    return await _create(ctx, job, part_size=part_size, total=total), False
+
+
+async def _same_file(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> bool:
+    """Were the parts sent so far read from the bytes the file holds now?
+
+    Equal size and mtime prove nothing: cp -p, rsync -t and tar -x put other
+    bytes under the path with both kept, and a resume would publish old parts
+    and new ones as one object (its ETag check passes). The inode changes when
+    another file takes the path; the ctime changes on every write, rename or
+    link, even into the same inode, and cannot be set back.
+    """
+    if upload.ctime_ns is None:
+        # Journaled by a version that did not record the file: unknown, so
+        # not trusted as such. The journaled parts are read again instead
+        # (once per upload parked over an upgrade): if each one's MD5 is its
+        # ETag, the file still holds the bytes they were sent from.
+        parts = ctx.journal.parts(upload.upload_id)
+        return await asyncio.to_thread(_parts_hold_file_bytes, job, upload, parts)
+    st = _stat(job)
+    return (upload.inode, upload.ctime_ns) == (st.st_ino, st.st_ctime_ns)
+
+
+def _parts_hold_file_bytes(job: FileJob, upload: UploadRecord,
+                           parts: dict[int, PartRecord]) -> bool:
+    """In a worker thread: does each part's ETag match the MD5 of its range of the file?
+
+    An ETag that is not an MD5 (SSE-KMS) never matches: the upload starts anew.
+    """
+    fd = open_for_upload(job)
+    try:
+        for number, part in parts.items():
+            offset, length = part_range(number, file_size=upload.size,
+                                        part_size=upload.part_size)
+            if length != part.size:
+                return False
+            if _md5(fd, job, offset=offset, length=length) != part.etag.lower():
+                return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _md5(fd: int, job: FileJob, *, offset: int, length: int) -> str:
+    digest = hashlib.md5()
+    end = offset + length
+    for start in range(offset, end, VERIFY_CHUNK):
+        size = min(VERIFY_CHUNK, end - start)
+        digest.update(read_range(fd, offset=start, length=size, path=job.path))
+    return digest.hexdigest()
+
+
+def _stat(job: FileJob) -> os.stat_result:
+    """The file's stat, which must still match the signature the job settled with."""
+    try:
+        st = os.stat(job.path)
+    except FileNotFoundError:
+        raise SourceVanished(f"{job.path}: the file vanished before it could be uploaded") from None
+    except OSError as exc:
+        raise SourceUnreadable(f"{job.path}: cannot stat: {exc.strerror}") from None
+    if Signature.of(st) != job.signature:
+        raise SourceChanged(f"{job.path}: the file changed since it settled")
+    return st
 
 
 async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
                   total: int) -> UploadRecord:
+    st = _stat(job)  # before any part is read: a later change moves its ctime
     params = ctx.object_params(job)
     if ctx.checksum in ALGORITHM:
         params["ChecksumAlgorithm"] = ALGORITHM[ctx.checksum]
@@ -94,7 +177,8 @@ async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
         key=job.key, what=ctx.describe(job, "CreateMultipartUpload"))
     record = UploadRecord(path=str(job.path), key=job.key, upload_id=response["UploadId"],
                           size=job.size, mtime_ns=job.signature.mtime_ns, part_size=part_size,
-                          parts=total, checksum=ctx.checksum, created_at=time.time())
+                          parts=total, checksum=ctx.checksum, created_at=time.time(),
+                          inode=st.st_ino, ctime_ns=st.st_ctime_ns)
     ctx.journal.start_upload(record)
     await ctx.journal.durable()  # resumable from here on
     return record
@@ -104,8 +188,6 @@ async def _parts_already_stored(ctx: TransferContext, job: FileJob,
                                 upload: UploadRecord) -> dict[int, PartRecord] | None:
     """Parts both journaled and on the server; None if the server has no such upload."""
     journaled = ctx.journal.parts(upload.upload_id)
-    if not journaled:
-        return {}
     try:
         listed = await list_all_parts(ctx, key=upload.key, upload_id=upload.upload_id,
                                       what=ctx.describe(job, "ListParts"))
