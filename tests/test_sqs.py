@@ -44,7 +44,8 @@ def test_messages_are_parsed_and_bad_ones_named():
                          ('{"path": "/x", "key": "../../etc/x"}', '"key" must not contain'),
                          ('{"path": "/x", "key": "a/./b"}', '"key" must not contain'),
                          ('{"path": "/x/\\ud800.csv"}', '"path" is not valid Unicode'),
-                         ('{"path": "/x", "key": "\\udce9"}', '"key" is not valid Unicode')]:
+                         ('{"path": "/x", "key": "\\udce9"}', '"key" is not valid Unicode'),
+                         ('{"path": "/x", "metadata": {"who": "Jos\u00e9"}}', "not US-ASCII")]:
         with pytest.raises(MessageError, match=reason):
             parse_message(body, root=None)
 

@@ -3,7 +3,8 @@
 Every S3 request (a PUT, one part, a complete) goes through `RetryPolicy.call`.
 Errors are first translated at the boundary (`uploader.s3errors`); only
 `TransientError`s (which include throttling and connection failures) are
-retried. botocore's own retries are switched off in `uploader.s3client`.
+retried, except those a resend cannot cure (`RESTART_CODES`), which go straight
+back to the caller. botocore's own retries are switched off in `uploader.s3client`.
 
 Each attempt, in order:
 
@@ -11,7 +12,8 @@ Each attempt, in order:
 2. takes a permit from the shared per-partition rate limiter;
 3. sends, and reports the answer: a throttle cuts the partition's rate; any
    other answer counts as a success for the limiter and the breaker; a
-   connection failure or a non-throttle 5xx counts against the breaker.
+   connection failure or a non-throttle 5xx counts against the breaker (a
+   transient 4xx, such as a skewed clock, is the endpoint answering).
 
 Before a retry, the shared retry budget must pay for it (as the AWS SDKs'
 standard mode); if it cannot, the error is raised instead, and the caller
@@ -28,14 +30,14 @@ import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from uploader.breaker import CircuitBreaker
 from uploader.clock import Clock, SystemClock
 from uploader.errors import ConnectionFailure, ThrottleError, TransferError, TransientError
 from uploader.limiter import Permit, RateLimiter
 from uploader.retry_budget import RetryBudget
-from uploader.s3errors import translate
+from uploader.s3errors import RESTART_CODES, translate
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -89,11 +91,13 @@ class RetryPolicy:
         try:
             return await self._attempt(operation, call)
         except TransientError as exc:
+            if not _worth_resending(exc):
+                raise
             first_failure: TransientError | None = exc
         retrying = AsyncRetrying(
             stop=lambda state: self._stop(state, call),
             wait=self._wait,
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception(_worth_resending),
             sleep=self.clock.sleep,
             before_sleep=self._before_sleep,
             reraise=True,
@@ -122,9 +126,12 @@ class RetryPolicy:
         except ConnectionFailure:
             self._endpoint_failed()  # no answer: the limiter learns nothing
             raise
-        except TransientError:
+        except TransientError as exc:
             self._answered(permit)
-            self._endpoint_failed()
+            if exc.status is not None and exc.status < 500:
+                self._endpoint_answered()
+            else:
+                self._endpoint_failed()
             raise
         except TransferError:
             self._answered(permit)  # a permanent error is still an answer
@@ -186,6 +193,10 @@ class RetryPolicy:
         self.retries_by_code[code] += 1
         log.info("retrying after %s (attempt %d of %d)", exc, state.attempt_number,
                  self.max_attempts, extra={"attempt": state.attempt_number, "error_code": code})
+
+
+def _worth_resending(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError) and exc.code not in RESTART_CODES
 
 
 async def _translated(operation: Callable[[], Awaitable[T]], *, what: str) -> T:

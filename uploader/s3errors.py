@@ -23,8 +23,23 @@ from uploader.errors import (
 THROTTLE_CODES = frozenset(ThrottledRetryableChecker._THROTTLED_ERROR_CODES)  # noqa: SLF001
 THROTTLE_STATUSES = frozenset({429, 503})
 TRANSIENT_STATUSES = frozenset({500, 502, 504})
-TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout", "RequestTimeoutException",
-                             "ServiceUnavailable", "ExpiredToken", "IDPCommunicationError"})
+TRANSIENT_CODES = frozenset({
+    "InternalError", "RequestTimeout", "RequestTimeoutException", "ServiceUnavailable",
+    "ExpiredToken", "TokenRefreshRequired", "IDPCommunicationError",
+    "IncompleteBody",  # the body was cut off on the way; the next attempt sends it whole
+    # Our clock is off (an NTP step, a resumed VM); each attempt is signed anew,
+    # so one made once the clock is right goes through.
+    "RequestTimeTooSkewed",
+    "OperationAborted",  # a conflicting operation was in progress; S3 says try again
+    "ConditionalRequestConflict",  # see RESTART_CODES
+})
+#: Transient, but not resent as is (`uploader.retry`). Conditional writes
+#: (If-None-Match) on one key raced, and a 409 to CompleteMultipartUpload ends
+#: the upload (AWS: start it over), so a resend would only get NoSuchUpload. The
+#: file is kept for later: a PUT is sent again (and meets a winner as 412
+#: PreconditionFailed); a multipart upload is resumed, found gone, and the
+#: winner's object is compared with the file before a new upload is created.
+RESTART_CODES = frozenset({"ConditionalRequestConflict"})
 
 _CONNECTION_ERRORS = (bce.EndpointConnectionError, bce.ConnectionClosedError,
                       bce.ReadTimeoutError, bce.ConnectTimeoutError, bce.ConnectionError,
@@ -38,6 +53,12 @@ def translate(exc: BaseException, *, what: str) -> TransferError:
         return exc
     if isinstance(exc, bce.ClientError):
         return _from_client_error(exc, what=what)
+    if isinstance(exc, bce.HTTPClientError) and isinstance(exc.kwargs.get("error"), ValueError):
+        # The HTTP client refused to build the request (e.g. a control character in
+        # a header): nothing was sent, and it is refused again every time. Not a
+        # connection failure, which would trip the circuit breaker for every file.
+        return PermanentError(f"{what}: not sent: {_short(exc.kwargs['error'])}",
+                              code="UnsendableRequest")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
         return PermanentError(f"{what}: no usable AWS credentials ({exc}); set them in the "
                               "environment, a profile or a role", code="NoCredentials")

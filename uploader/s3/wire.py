@@ -5,7 +5,8 @@ Request parameters keep botocore's names (`ContentType`, `StorageClass`,
 the same parameters for both data paths. `HeaderMap` turns them into HTTP
 headers with botocore's own service model (each member's `location: header`
 and header name, `Metadata` as `x-amz-meta-*`), so any header PutObject or
-UploadPart accepts is written as botocore would write it.
+UploadPart accepts is written as botocore would write it. (User metadata is
+checked where it is built, `TransferContext.object_params`.)
 
 Error responses (S3's XML `<Error><Code/><Message/></Error>`, Retry-After and
 x-amz-retry-after headers) become the uploader's typed errors through

@@ -48,6 +48,7 @@ from uploader.config import Config
 from uploader.errors import ConfigError
 from uploader.intake import RECHECK_SECONDS
 from uploader.pipeline import Outcome, Pipeline
+from uploader.s3.metadata import MetadataError, check_metadata
 from uploader.s3client import tls_verification
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ def parse_message(body: str, *, root: Path | None) -> QueueJob:
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise MessageError('"metadata" must be an object of strings')
+    try:
+        check_metadata(metadata, what='"metadata"')
+    except MetadataError as exc:
+        raise MessageError(str(exc)) from None
     return QueueJob(path=Path(path), relative=key or _default_name(Path(path), root),
                     metadata=metadata)
 

@@ -10,11 +10,13 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from uploader.checksums import resolve as resolve_checksum
 from uploader.config import Config
+from uploader.errors import PermanentError
 from uploader.journal import Journal
 from uploader.limiter import partition_for
 from uploader.memory import MemoryBudget
 from uploader.retry import RetryPolicy
 from uploader.s3.datapath import BotocoreDataPath, DataPath
+from uploader.s3.metadata import MetadataError, check_metadata
 from uploader.transfer.job import FileJob
 
 T = TypeVar("T")
@@ -72,6 +74,14 @@ class TransferContext:
         params["ContentType"] = content_type or "application/octet-stream"
         metadata = {**self.metadata, **job.metadata}
         if metadata:
+            # Checked here, where every object's metadata is built (PUT and
+            # CreateMultipartUpload, either data path): a raw UTF-8 header would be
+            # stored garbled, and botocore's own check misses the other rules.
+            try:
+                check_metadata(metadata, what="user metadata")
+            except MetadataError as exc:
+                raise PermanentError(f"{self.describe(job, 'upload')}: not sent: {exc}",
+                                     code="InvalidMetadata") from None
             params["Metadata"] = metadata
         return params
 
