@@ -71,7 +71,7 @@ def test_environment_override_errors_name_the_key(tmp_path):
     ("source:\n  directory: /x\ns3:\n  bucket: abc\ntransfer:\n  concurrency: lots\n",
      "transfer.concurrency: Input should be a valid integer"),
     ("source:\n  directory: /x\ns3:\n  bucket: abc\ntransfer:\n  part_size: huge\n",
-     "transfer.part_size: Value error, expected a size such as 8MiB"),
+     "transfer.part_size: expected a size such as 8MiB, 512KiB or 1GiB, got 'huge'\n"),
     ("source:\n  directory: /x\ns3:\n  region: us-east-1\n",
      "s3.bucket: required key is missing"),
     ("source:\n  directory: /x\ns3:\n  bucket: abc\nafter_upload: move\n",
@@ -79,6 +79,8 @@ def test_environment_override_errors_name_the_key(tmp_path):
     ("source:\n  directory: /x\ns3:\n  bucket: abc\nafter_upload: shred\n",
      "after_upload: Input should be 'keep', 'delete' or 'move'"),
     ("- just\n- a list\n", "expected a mapping of settings"),
+    ("source:\n  directory: /x\ns3:\n  bucket: abc\n  metadata: {who: José}\n",
+     "s3.metadata: user metadata: key 'who': the value 'José' is not US-ASCII"),
 ])
 def test_bad_config_exits_2_naming_the_key(tmp_path, text, message):
     outbox = tmp_path / "outbox"

@@ -52,3 +52,28 @@ def test_upload_usage_errors_exit_2(tmp_path, args, message):
     result = run_cli("upload", *[a.replace("{file}", str(path)) for a in args])
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("sources", "destination", "expected"), [
+    # A folder's files go below the prefix taken as a folder, with or without its '/'.
+    (["photos"], "backup", {"backup/a.txt", "backup/sub/b.txt"}),
+    (["photos"], "backup/", {"backup/a.txt", "backup/sub/b.txt"}),
+    # A file given alone is renamed to the destination (as `aws s3 cp` and s5cmd)...
+    (["report.txt"], "archive/2024-report", {"archive/2024-report"}),
+    # ...unless the destination is a folder or the bucket itself.
+    (["report.txt"], "archive/", {"archive/report.txt"}),
+    (["report.txt"], "", {"report.txt"}),
+    # Among several sources, every file keeps its name below the prefix.
+    (["report.txt", "photos"], "set", {"set/report.txt", "set/a.txt", "set/sub/b.txt"}),
+])
+def test_where_objects_go(tmp_path, s3_server, s3, bucket, sources, destination, expected):
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "photos" / "a.txt").write_text("a")
+    (tmp_path / "photos" / "sub" / "b.txt").write_text("b")
+    (tmp_path / "report.txt").write_text("report")
+    result = run_cli("upload", "--endpoint-url", s3_server.endpoint_url,
+                     *[str(tmp_path / s) for s in sources], f"s3://{bucket}/{destination}",
+                     env=s3_server.env())
+    assert result.returncode == 0, result.stderr
+    assert keys_in(s3, bucket) == expected

@@ -19,6 +19,8 @@ from typing import Any, Callable, Coroutine, Sequence
 from uploader.config import (
     Config,
     apply_env_overrides,
+    check_endpoint_url,
+    check_region,
     explain,
     load_config,
     read_config_file,
@@ -29,6 +31,7 @@ from uploader.journal import FAILED, PENDING, Journal
 from uploader.logs import setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+CONFIG_HELP = "the YAML configuration"
 log = logging.getLogger("uploader")
 
 
@@ -41,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader left (`uploader check-config FILE | head -1`): nothing more can be
+        # said, and the exit must not try to flush stdout into the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,46 +60,59 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="the daemon: watch source.directory (or drain source.queue_url) and "
         "upload until stopped")
-    run.add_argument("--config", required=True, type=Path, help="the YAML configuration")
+    run.add_argument("--config", required=True, type=Path, metavar="FILE", help=CONFIG_HELP)
     run.set_defaults(handler=_cmd_run)
 
-    upload = commands.add_parser("upload", help="upload files and folders once, then exit")
-    upload.add_argument("--config", type=Path, help="YAML settings (transfer, s3, filters)")
-    upload.add_argument("--endpoint-url", help="an S3-compatible endpoint")
+    upload = commands.add_parser(
+        "upload", help="upload files and folders once, then exit",
+        usage="%(prog)s [-h] [--config FILE] [--endpoint-url URL] [--region REGION] "
+        "PATH... s3://BUCKET[/PREFIX]")
+    upload.add_argument("--config", type=Path, metavar="FILE",
+                        help="YAML settings (transfer, s3, filters)")
+    upload.add_argument("--endpoint-url", metavar="URL", help="an S3-compatible endpoint")
     upload.add_argument("--region", help="the bucket's region")
-    upload.add_argument("paths", nargs="+", metavar="PATH... s3://BUCKET[/PREFIX]")
+    upload.add_argument(
+        "paths", nargs="+", metavar="PATH... s3://BUCKET[/PREFIX]",
+        help="files and folders, then where they go: a folder's files below PREFIX; a file "
+        "given alone at PREFIX itself unless PREFIX is empty or ends in '/'")
     upload.set_defaults(handler=_cmd_upload)
 
     enqueue = commands.add_parser(
         "enqueue", help="watch source.directory and publish each settled file to "
         "source.queue_url for a fleet of `uploader run` (source.type: sqs) to upload")
-    enqueue.add_argument("--config", required=True, type=Path, help="the YAML configuration")
+    enqueue.add_argument("--config", required=True, type=Path, metavar="FILE",
+                         help=CONFIG_HELP)
     enqueue.set_defaults(handler=_cmd_enqueue)
 
     check = commands.add_parser("check-config", help="validate a configuration and explain it")
-    check.add_argument("config", type=Path)
+    check.add_argument("config", type=Path, metavar="FILE", help=CONFIG_HELP)
     check.set_defaults(handler=_cmd_check_config)
 
     status = commands.add_parser("status", help="counts by state, uploads in progress, failures")
-    status.add_argument("--config", required=True, type=Path)
+    status.add_argument("--config", required=True, type=Path, metavar="FILE",
+                        help="the daemon's YAML configuration (for its state_dir)")
     status.set_defaults(handler=_cmd_status)
 
     retry = commands.add_parser("retry-failed", help="put failed files back in line")
-    retry.add_argument("--config", required=True, type=Path)
+    retry.add_argument("--config", required=True, type=Path, metavar="FILE",
+                       help="the daemon's YAML configuration (for its state_dir)")
     retry.set_defaults(handler=_cmd_retry_failed)
 
     health = commands.add_parser(
         "health", help="ask the running daemon's /readyz (on metrics.listen) whether it is "
         "ready: exit 0 if so, 1 otherwise (for a container's HEALTHCHECK)")
-    health.add_argument("--config", required=True, type=Path)
+    health.add_argument("--config", required=True, type=Path, metavar="FILE",
+                        help="the daemon's YAML configuration (for metrics.listen)")
     health.set_defaults(handler=_cmd_health)
     return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from uploader.daemon import run_daemon
+    from uploader.s3client import check_profile
 
     config = load_config(args.config)
+    check_profile(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format,
                   library_level=config.logging.library_level)
     return _run_async(lambda: run_daemon(config, config_path=args.config))
@@ -100,8 +121,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from uploader.daemon import stop_event
     from uploader.enqueue import run_enqueue
+    from uploader.s3client import check_profile
 
     config = load_config(args.config)
+    check_profile(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format)
 
     async def main() -> int:
@@ -111,34 +134,48 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
-    from uploader.oneshot import S3Url, run_oneshot
+    from uploader.oneshot import S3Url, run_oneshot, source_paths
+    from uploader.s3client import check_profile
 
     if len(args.paths) < 2:
         raise ConfigError("upload needs at least one PATH and then s3://BUCKET[/PREFIX]")
-    *sources, destination = args.paths
-    config = _oneshot_config(args, S3Url.parse(destination), Path(sources[0]))
+    *texts, destination = args.paths
+    url = S3Url.parse(destination)
+    sources = source_paths(texts)
+    prefix, file_name = url.target(sources)
+    config = _oneshot_config(args, bucket=url.bucket, prefix=prefix, first=sources[0])
+    check_profile(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format,
                   library_level=config.logging.library_level)
-    summary = _run_async(lambda: run_oneshot(config, [Path(p) for p in sources],
-                                             progress=sys.stderr))
+    summary = _run_async(lambda: run_oneshot(config, sources, progress=sys.stderr,
+                                             file_name=file_name))
     print(summary.line())
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
-def _oneshot_config(args: argparse.Namespace, url: Any, first: Path) -> Config:
+def _oneshot_config(args: argparse.Namespace, *, bucket: str, prefix: str,
+                    first: Path) -> Config:
     raw: dict[str, Any] = {}
     if args.config:
         raw = read_config_file(args.config)
     apply_env_overrides(raw, os.environ)
     raw.setdefault("source", {})["directory"] = str(first)
     s3 = raw.setdefault("s3", {})
-    s3.update(bucket=url.bucket, prefix=url.prefix)
+    s3.update(bucket=bucket, prefix=prefix)
     if args.endpoint_url:
-        s3["endpoint_url"] = args.endpoint_url
+        s3["endpoint_url"] = _option("--endpoint-url", check_endpoint_url, args.endpoint_url)
     if args.region:
-        s3["region"] = args.region
+        s3["region"] = _option("--region", check_region, args.region)
     raw.setdefault("source", {})["settle_seconds"] = 0
     return validate_config(raw, origin="upload")
+
+
+def _option(name: str, check: Callable[[str], str], value: str) -> str:
+    """A command-line value checked as its setting is, the error naming the option."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

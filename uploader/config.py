@@ -12,22 +12,27 @@ is read as a YAML scalar, so `UPLOADER_S3__ENDPOINT_URL=null` works.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from uploader.errors import ConfigError
+from uploader.s3.metadata import check_metadata
 
 ENV_PREFIX = "UPLOADER_"
 ENV_NESTING = "__"
@@ -38,18 +43,127 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(value: Any) -> int:
-    """`8MiB` -> 8388608. Plain integers are bytes."""
+    """`8MiB` -> 8388608. Plain numbers are bytes, and must be whole."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 8MiB, got a boolean")
+        raise ValueError(f"expected a size such as 8MiB, got a boolean ({str(value).lower()})")
     if isinstance(value, int):
         return value
     match = _SIZE.match(str(value))
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"expected a size such as 8MiB, 512KiB or 1GiB, got {value!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    number, unit = float(match.group(1)), match.group(2).lower()
+    if _UNITS[unit] == 1 and not number.is_integer():
+        # A fraction of a byte is a typo, not a size: say so rather than truncate it.
+        raise ValueError(f"expected a whole number of bytes, got {value!r}")
+    return int(number * _UNITS[unit])
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic reads YAML's `true` as 1 in a number field; a count of `true` is a mistake.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+    return value
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+Integer = Annotated[int, BeforeValidator(_not_a_boolean)]
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
+MAX_PUT_BYTES = 5 * 1024**3  # S3 refuses a single PUT (and a part) larger than 5 GiB
+
+
+# ----------------------------------------------------------- names and addresses
+# botocore's own rules, copied so that loading a configuration does not import
+# botocore; tests/test_input_errors.py checks that they still agree with it.
+_BUCKET = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")  # botocore.handlers.VALID_BUCKET
+_REGION = re.compile(r"^(?![0-9]+$)(?!-)[a-zA-Z0-9-]{,63}(?<!-)$")  # utils.validate_region_name
+_HOST_LABEL = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")  # utils.is_valid_endpoint_url
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def check_bucket_name(name: str) -> str:
+    """Legacy buckets may hold capitals and `_` and run to 255 characters: not refused."""
+    bad = sorted({c for c in name if not re.fullmatch(r"[a-zA-Z0-9._-]", c)})
+    if bad:
+        raise ValueError(f"{name!r} is not a bucket name: only letters, digits, '.', '-' and "
+                         f"'_' are allowed (found {', '.join(repr(c) for c in bad)})")
+    if not 3 <= len(name) <= 255 or not _BUCKET.match(name):
+        raise ValueError(f"{name!r} is not a bucket name: 3 to 255 characters (63 for "
+                         "buckets created since 2018)")
+    return name
+
+
+def check_region(name: str) -> str:
+    if not name or not _REGION.match(name):
+        raise ValueError(f"{name!r} is not a region name: letters, digits and '-' "
+                         "(not first or last), e.g. us-east-1")
+    return name
+
+
+def check_host(host: str) -> str:
+    """An IP address or a host name (labels of letters, digits and '-')."""
+    if ":" in host or re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IP address") from None
+        return host
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{host!r} is not a valid host name: dot-separated labels of letters, "
+                         "digits and '-' (not first or last)")
+    return host
+
+
+def check_endpoint_url(url: str) -> str:
+    expected = ("expected http:// or https://, a host and an optional port, e.g. "
+                f"http://127.0.0.1:8333; got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when not a number in 0-65535
+    except ValueError as exc:
+        raise ValueError(f"{expected} ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname \
+            or any(c.isspace() for c in url):
+        raise ValueError(expected)
+    if port == 0:
+        raise ValueError(f"{expected} (port 0 cannot be connected to)")
+    try:
+        check_host(parts.hostname)
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    return url
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:9100`) -> (host, port); an empty host means all."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not _PORT.match(port):
+        raise ValueError(f"expected host:port, e.g. 127.0.0.1:9100 or [::1]:9100; got {listen!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535) in {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"only an IPv6 address goes in brackets, got {listen!r}")
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets, e.g. [::1]:9100; got {listen!r}")
+    if host:
+        try:
+            check_host(host)
+        except ValueError as exc:
+            raise ValueError(f"{exc} in {listen!r}") from None
+    return host, int(port)
+
+
+def _check_listen(listen: str) -> str:
+    parse_listen(listen)
+    return listen
+
+
+BucketName = Annotated[str, AfterValidator(check_bucket_name)]
+Region = Annotated[str, AfterValidator(check_region)]
+EndpointUrl = Annotated[str, AfterValidator(check_endpoint_url)]
+Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
 class Section(BaseModel):
@@ -67,12 +181,12 @@ class SourceConfig(Section):
     queue_url: str | None = Field(
         None, description="With `type: sqs` (required) and for `uploader enqueue`: the queue's "
         "URL. Messages are JSON: `{\"path\": ..., \"key\": optional, \"metadata\": optional}`.")
-    endpoint_url: str | None = Field(
+    endpoint_url: EndpointUrl | None = Field(
         None, description="An SQS-compatible endpoint (e.g. ElasticMQ); `null` = AWS.")
-    region: str | None = Field(None, description="The queue's region; `null` = `s3.region`.")
-    wait_time_seconds: int = Field(
+    region: Region | None = Field(None, description="The queue's region; `null` = `s3.region`.")
+    wait_time_seconds: Integer = Field(
         20, ge=0, le=20, description="SQS long polling: how long one receive waits for messages.")
-    visibility_timeout_seconds: int = Field(
+    visibility_timeout_seconds: Integer = Field(
         120, ge=5, le=43200, description="How long a received message stays hidden from other "
         "uploaders; extended every third of it while its upload runs (heartbeat). After a "
         "crash, the message reappears this long after the last heartbeat.")
@@ -89,10 +203,10 @@ class SourceConfig(Section):
     ignore_temporary: bool = Field(
         True, description="Ignore editor and download temporaries: `*.tmp`, `*.temp`, `*.part`, "
         "`*.partial`, `*.crdownload`, `*.swp`, `*~`, `#*#`.")
-    settle_seconds: float = Field(
+    settle_seconds: Number = Field(
         2.0, ge=0, description="A file is taken only after it was closed (or moved in) and then "
         "stayed unchanged (size and mtime) for this long.")
-    rescan_interval_seconds: float = Field(
+    rescan_interval_seconds: Number = Field(
         300.0, gt=0, description="A full rescan of the directory runs at start and then this "
         "often, catching files whose events were missed (inotify queue overflow).")
     follow_symlinks: bool = Field(
@@ -100,12 +214,12 @@ class SourceConfig(Section):
 
 
 class S3Config(Section):
-    bucket: str = Field(min_length=3, max_length=63, description="The target bucket.")
+    bucket: BucketName = Field(description="The target bucket.")
     prefix: str = Field(
         "", description="Prepended to every object key, e.g. `incoming/`. The key is "
         "`prefix` + the path relative to `source.directory` with `/` separators.")
-    region: str = Field("us-east-1", description="The bucket's region.")
-    endpoint_url: str | None = Field(
+    region: Region = Field("us-east-1", description="The bucket's region.")
+    endpoint_url: EndpointUrl | None = Field(
         None, description="An S3-compatible endpoint, e.g. `http://127.0.0.1:8333`. "
         "`null` means AWS.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
@@ -118,7 +232,14 @@ class S3Config(Section):
     sse_kms_key_id: str | None = Field(
         None, description="The KMS key for `aws:kms`; `null` = the AWS managed key.")
     metadata: dict[str, str] = Field(
-        default_factory=dict, description="User metadata (`x-amz-meta-*`) set on every object.")
+        default_factory=dict, description="User metadata (`x-amz-meta-*`) set on every object: "
+        "US-ASCII values, keys that are valid header names, at most 2 KB in all (S3's rules).")
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        check_metadata(value, what="user metadata")  # a MetadataError is a ValueError
+        return value
     profile: str | None = Field(
         None, description="An AWS profile name; `null` = the standard credential chain "
         "(environment, profile, container and instance roles).")
@@ -127,15 +248,15 @@ class S3Config(Section):
 class TransferConfig(Section):
     multipart_threshold: Size = Field(
         8 * 1024**2, ge=0, description="Files of at least this size are sent as multipart "
-        "uploads; smaller ones with a single PUT.")
+        "uploads; smaller ones with a single PUT (so at most 5GiB, the largest PUT S3 takes).")
     part_size: Size = Field(
         8 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3,
         description="Size of each multipart part (5MiB..5GiB); raised automatically so no "
         "upload needs more than 10,000 parts.")
-    concurrency: int = Field(
+    concurrency: Integer = Field(
         64, ge=1, le=1024, description="Files uploaded at the same time (memory stays within "
         "`max_memory` whatever the number).")
-    max_parts_in_flight: int = Field(
+    max_parts_in_flight: Integer = Field(
         8, ge=1, le=1024, description="Multipart parts sent at the same time, over all files; "
         "each holds one part in memory (within `max_memory`).")
     max_memory: Size = Field(
@@ -155,9 +276,17 @@ class TransferConfig(Section):
         "server; `crc32`/`crc32c`/`sha256` use the newer `x-amz-checksum-*` headers. `auto`: "
         "`crc32c` on AWS (`s3.endpoint_url` unset or on amazonaws.com; a fraction of MD5's "
         "CPU), `md5` on any other endpoint.")
-    connect_timeout_seconds: float = Field(10.0, gt=0, description="TCP connect timeout.")
-    read_timeout_seconds: float = Field(
+    connect_timeout_seconds: Number = Field(10.0, gt=0, description="TCP connect timeout.")
+    read_timeout_seconds: Number = Field(
         60.0, gt=0, description="Time allowed without progress on a response.")
+
+    @field_validator("multipart_threshold")
+    @classmethod
+    def _one_put_at_most_5gib(cls, value: int) -> int:
+        if value > MAX_PUT_BYTES:
+            raise ValueError(f"at most 5GiB: S3 refuses a single PUT larger than that, so "
+                             f"larger files must go as multipart uploads (got {value} bytes)")
+        return value
 
 
 class KeysConfig(Section):
@@ -166,41 +295,41 @@ class KeysConfig(Section):
         "before the key (`prefix` + `<hh>/` + path), so a burst of writes spreads over "
         "`partitions` S3 prefixes from the first second; the original path is stored in the "
         "object's metadata (`x-amz-meta-source-path`). `none`: the key is `prefix` + path.")
-    partitions: int = Field(
+    partitions: Integer = Field(
         16, ge=1, le=4096, description="With `spread: hash`: how many leading segments. "
         "Segment = the first 8 hex digits of SHA-256(relative path) as a number, modulo "
         "`partitions`, written as lower-case hex padded to the width of `partitions - 1`.")
 
 
 class RetryConfig(Section):
-    max_attempts: int = Field(
+    max_attempts: Integer = Field(
         8, ge=1, description="Attempts per request (a PUT or one part); after the last, the "
         "file is retried later (transient errors) or marked failed (permanent ones).")
-    backoff_base_seconds: float = Field(
+    backoff_base_seconds: Number = Field(
         0.1, gt=0, description="First retry waits up to this long (full jitter), doubling.")
-    backoff_max_seconds: float = Field(
+    backoff_max_seconds: Number = Field(
         20.0, gt=0, description="Cap on a single retry's wait (and on a server's Retry-After).")
-    budget_capacity: int = Field(
+    budget_capacity: Integer = Field(
         500, ge=0, description="Retry budget shared by all requests (as the AWS SDKs' standard "
         "mode): each retry takes tokens, each success gives one back; when empty, requests "
         "are not retried and their files wait for `retry_later_seconds`.")
-    budget_retry_cost: int = Field(5, ge=0, description="Tokens a retry after an error costs.")
-    budget_timeout_cost: int = Field(
+    budget_retry_cost: Integer = Field(5, ge=0, description="Tokens a retry after an error costs.")
+    budget_timeout_cost: Integer = Field(
         10, ge=0, description="Tokens a retry after a timeout or connection failure costs.")
-    retry_later_seconds: float = Field(
+    retry_later_seconds: Number = Field(
         30.0, gt=0, description="A file whose upload failed with a transient error (retries "
         "exhausted) is put back in line after this long; it is not marked failed.")
 
 
 class BreakerConfig(Section):
-    failure_threshold: int = Field(
+    failure_threshold: Integer = Field(
         5, ge=1, description="Consecutive failures (connection errors, timeouts, 5xx other "
         "than throttling) that open the circuit breaker: requests then wait, queued, instead "
         "of being sent.")
-    open_seconds: float = Field(
+    open_seconds: Number = Field(
         5.0, gt=0, description="How long the breaker stays open before one probe request is "
         "let through; success closes it, failure reopens it for twice as long.")
-    max_open_seconds: float = Field(
+    max_open_seconds: Number = Field(
         60.0, gt=0, description="Longest open period while an outage lasts.")
 
 
@@ -208,7 +337,7 @@ class RateLimitConfig(Section):
     adaptive: bool = Field(
         True, description="Slow down per S3 prefix on throttling (503 SlowDown, 429) and "
         "grow back smoothly; `false` sends as fast as concurrency allows.")
-    max_requests_per_second: float | None = Field(
+    max_requests_per_second: Number | None = Field(
         None, gt=0, description="Fixed ceiling on requests/s to each prefix partition; `null` = "
         "none.")
     max_bytes_per_second: Size | None = Field(
@@ -221,8 +350,8 @@ class JanitorConfig(Section):
     enabled: bool = Field(
         True, description="Abort abandoned multipart uploads under `s3.prefix` (ones the "
         "journal does not know), at start and every `interval_seconds`.")
-    interval_seconds: float = Field(3600.0, gt=0, description="How often the janitor runs.")
-    abort_after_seconds: float = Field(
+    interval_seconds: Number = Field(3600.0, gt=0, description="How often the janitor runs.")
+    abort_after_seconds: Number = Field(
         86400.0, gt=0, description="Only uploads started at least this long ago are aborted, "
         "so uploads another instance or tool is still writing are left alone.")
 
@@ -242,11 +371,11 @@ class MetricsConfig(Section):
         True, description="Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and "
         "readiness (`/readyz`: the bucket answers HeadBucket with these credentials and the "
         "journal is writable) over HTTP on `listen`. `uploader health` asks `/readyz`.")
-    listen: str = Field(
-        "127.0.0.1:9100", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):[0-9]{1,5}$",
+    listen: Listen = Field(
+        "127.0.0.1:9100",
         description="`host:port` to serve on; `0.0.0.0:9100` for every interface (in a "
         "container). Port `0` picks a free port (logged at start).")
-    top_partitions: int = Field(
+    top_partitions: Integer = Field(
         10, ge=1, le=1000, description="The limiter's rate is exported per S3 partition for "
         "this many partitions (the most throttled first); the rest are summed under "
         "`partition=\"other\"`, so the number of series stays bounded.")
@@ -273,7 +402,7 @@ class Config(Section):
     move_to: Path | None = Field(
         None, description="With `after_upload: move`: the folder files are moved to, keeping "
         "their relative path.")
-    shutdown_grace_seconds: float = Field(
+    shutdown_grace_seconds: Number = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, in-flight uploads get this long to finish; "
         "then they are parked (multipart uploads resume at the next start).")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
@@ -300,7 +429,41 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     """Read, override from the environment, and validate. Raises ConfigError."""
     raw = read_config_file(Path(path))
     apply_env_overrides(raw, os.environ if environ is None else environ)
-    return validate_config(raw, origin=str(path))
+    config = validate_config(raw, origin=str(path))
+    check_folders(config, origin=str(path))
+    return config
+
+
+def check_folders(config: Config, *, origin: str) -> None:
+    """The daemon's folders must differ (a one-shot upload has a journal in memory only).
+
+    Folders *inside* the watched tree are skipped (daemon._dirs_inside); the same
+    folder is not: the walk starts there, and a moved file lands where it was.
+    """
+    folders = [("source.directory", config.source.directory), ("state_dir", config.state_dir)]
+    if config.after_upload == "move":
+        folders.append(("move_to", config.move_to))
+    seen: dict[Path, str] = {}
+    for key, folder in folders:
+        if folder is None:
+            continue
+        where = folder.resolve()
+        if where in seen:
+            why = _SAME_FOLDER[frozenset((key, seen[where]))]
+            raise ConfigError(f"{origin}: invalid configuration:\n  {key}: {folder} is the "
+                              f"same folder as {seen[where]}; {why}")
+        seen[where] = key
+
+
+_SAME_FOLDER = {
+    frozenset(("state_dir", "source.directory")):
+        "the journal's own files would be uploaded. Give state_dir a folder of its own",
+    frozenset(("move_to", "source.directory")):
+        "uploaded files would be moved onto themselves. Give move_to a folder outside "
+        "source.directory",
+    frozenset(("move_to", "state_dir")):
+        "a moved file could replace the journal. Give move_to and state_dir a folder each",
+}
 
 
 def validate_config(raw: dict[str, Any], *, origin: str = "<config>") -> Config:
@@ -316,6 +479,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the configuration file is not UTF-8 text (byte "
+                          f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as "
+                          "UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -356,8 +523,9 @@ def _describe_error(err: Mapping[str, Any]) -> str:
         return f"{key}: unknown key{_allowed_keys_hint(err['loc'])}"
     if kind == "missing":
         return f"{key}: required key is missing"
-    if kind == "value_error" and key == "(top level)":
-        return err["msg"].removeprefix("Value error, ")  # our validators name the key
+    if kind == "value_error":  # ours: the message says what it got (and, at the top, the key)
+        message = err["msg"].removeprefix("Value error, ")
+        return message if key == "(top level)" else f"{key}: {message}"
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from uploader.config import parse_listen
 from uploader.errors import TransferError
 from uploader.s3errors import translate
 
@@ -151,8 +152,7 @@ def _explain(error: TransferError) -> str:
 # ----------------------------------------------------------------- the client
 def split_listen(listen: str) -> tuple[str, int]:
     """`host:port` (IPv6 as `[::1]:9100`) -> (host, port); an empty host means all."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+    return parse_listen(listen)  # the schema's own reading, so both agree
 
 
 def local_url(listen: str, path: str) -> str:

@@ -234,10 +234,15 @@ def count_files(paths: Iterable[Path], config: Config) -> tuple[int, int]:
             files, nbytes = files + 1, nbytes + path.stat().st_size
             continue
         walker = TreeWalker(root=path, file_filter=FileFilter(config.source),
-                            follow_symlinks=config.source.follow_symlinks)
+                            follow_symlinks=config.source.follow_symlinks,
+                            on_error=_reported_by_the_uploads)
         for found in walker.files():
             files, nbytes = files + 1, nbytes + found.stat.st_size
     return files, nbytes
+
+
+def _reported_by_the_uploads(folder: Path, exc: OSError) -> None:
+    """The upload's own walk reports (and counts) a folder it cannot list; once is enough."""
 
 
 class Tracker:

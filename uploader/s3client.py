@@ -20,8 +20,10 @@ from typing import Any, AsyncIterator
 import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from botocore.exceptions import ProfileNotFound
 
 from uploader.config import Config
+from uploader.errors import ConfigError
 from uploader.s3.datapath import DataPath, connection_pool_size, open_data_path
 
 
@@ -55,6 +57,24 @@ def tls_verification(endpoint_url: str | None) -> bool | None:
     proxied = any(os.environ.get(name) for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY",
                                                      "all_proxy"))
     return False if plain_http and not proxied else None
+
+
+def check_profile(config: Config) -> None:
+    """Fail with the setting's name if the AWS profile in use does not exist.
+
+    botocore raises ProfileNotFound from deep inside building a client (S3's or
+    SQS's); checked first, the start stops with a configuration error instead.
+    """
+    session = AioSession(profile=config.s3.profile)
+    try:
+        session.get_scoped_config()
+    except ProfileNotFound as exc:
+        where = "s3.profile" if config.s3.profile else "AWS_PROFILE (environment)"
+        files = " or ".join(str(session.get_config_variable(name))
+                            for name in ("config_file", "credentials_file"))
+        raise ConfigError(f"{where}: no AWS profile named {exc.kwargs['profile']!r} in "
+                          f"{files}; add it there, or leave the profile unset for the "
+                          "standard credential chain") from None
 
 
 @dataclass(frozen=True)

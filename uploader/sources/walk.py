@@ -18,13 +18,24 @@ class FoundFile(NamedTuple):
     relative: str  # below the walker's root, with `/` separators
 
 
+#: Told about a folder that could not be listed: (folder, the error).
+ListingError = Callable[[Path, OSError], None]
+
+
+def warn_unlisted(folder: Path, exc: OSError) -> None:
+    """The default: a watching daemon lists the folder again at its next rescan."""
+    log.warning("cannot list %s: %s", folder, exc.strerror or exc)
+
+
 class TreeWalker:
     def __init__(self, *, root: Path, file_filter: FileFilter, follow_symlinks: bool = False,
-                 ignore_dirs: tuple[Path, ...] = ()) -> None:
+                 ignore_dirs: tuple[Path, ...] = (),
+                 on_error: ListingError = warn_unlisted) -> None:
         self.root = root
         self.filter = file_filter
         self.follow_symlinks = follow_symlinks
         self.ignore_dirs = tuple(p.resolve() for p in ignore_dirs)
+        self.on_error = on_error
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -50,7 +61,8 @@ class TreeWalker:
 
         Lazy: one folder listing is open at a time and files are yielded as they are
         listed; only folders still to visit are held. `entering(folder)` runs just
-        before each folder is listed (the directory source watches it there).
+        before each folder is listed (the directory source watches it there); a
+        folder that cannot be listed goes to `on_error`.
         Relative paths are built as strings on the way down: pathlib's
         `relative_to` per file cost more than the listing itself.
         """
@@ -64,7 +76,7 @@ class TreeWalker:
             try:
                 entries = os.scandir(current)
             except OSError as exc:
-                log.warning("cannot list %s: %s", current, exc.strerror)
+                self.on_error(current, exc)
                 continue
             with entries:
                 for entry in entries:
