@@ -26,6 +26,8 @@ from uploader.s3.wire import error_from_response
 from uploader.s3errors import translate
 from uploader.wiring import services
 
+from test_retry import Script
+
 MiB = 1024 * 1024
 
 
@@ -37,20 +39,6 @@ def client_error(code: str, status: int) -> ClientError:
 
 def error_document(code: str) -> bytes:
     return f"<Error><Code>{code}</Code><Message>msg</Message></Error>".encode()
-
-
-class Script:
-    """An operation that fails with the given errors, then succeeds."""
-
-    def __init__(self, *errors: BaseException) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
 
 
 def policy(**kwargs) -> RetryPolicy:
