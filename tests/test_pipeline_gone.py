@@ -130,3 +130,21 @@ async def test_a_moved_file_stays_inside_move_to_whatever_its_name(tmp_path, s3_
     finally:
         journal.close()
         Path("/uploader-test-report.txt").unlink(missing_ok=True)
+
+
+async def test_a_file_larger_than_s3s_largest_object_fails_before_anything_is_sent(
+        tmp_path, s3_server, s3_env, bucket, fault_proxy):
+    """5 TiB + 1 byte (sparse: no disk used): refused up front, not after 5 TiB of parts."""
+    path = tmp_path / "huge.img"
+    with open(path, "wb") as handle:
+        handle.truncate(5 * 1024**4 + 1)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    config = make_config(tmp_path, s3_server, bucket)
+    config.s3.endpoint_url = fault_proxy.url  # the proxy sees every request
+    async with services(config, journal=journal) as svc:
+        assert await svc.pipeline.process(path, "huge.img") is Outcome.FAILED
+        assert svc.pipeline.totals.failures["EntityTooLarge"] == 1
+    record = journal.lookup(str(path))
+    journal.close()
+    assert record.status == "failed" and "largest object (5 TiB)" in record.error
+    assert fault_proxy.records(method="POST") == [] and fault_proxy.records(method="PUT") == []

@@ -36,6 +36,7 @@ from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, Signature, stat_signature
 from uploader.transfer.multipart import abort_upload, upload_multipart
 from uploader.transfer.put import put_file
+from uploader.transfer.sizing import MAX_OBJECT_BYTES
 from uploader.verify import confirm_object, head_key, look_for_object, matching_object_exists
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,10 @@ class Pipeline:
         return Outcome.UPLOADED, result
 
     async def _transfer(self, job: FileJob, previous: FileRecord | None) -> UploadResult:
+        if job.size > MAX_OBJECT_BYTES:
+            # Refused now, not after 5 TiB of parts by CompleteMultipartUpload.
+            raise PermanentError(f"{job.path}: {job.size} bytes is more than S3's largest "
+                                 "object (5 TiB); not sent", code="EntityTooLarge")
         await self.bucket_check.ensure_exists()
         look_first = _was_interrupted(previous, job) or self.shared_work
         if look_first and self.journal.find_upload(str(job.path)) is None:

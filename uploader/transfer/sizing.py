@@ -4,6 +4,7 @@ from __future__ import annotations
 
 MAX_PARTS = 10_000
 MiB = 1024 * 1024
+MAX_OBJECT_BYTES = 5 * 1024**4  # S3's largest object: 5 TiB
 
 
 def part_size_for(file_size: int, configured: int) -> int:
