@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from boto3.s3.transfer import TransferConfig
+
 from test_pipeline import make_config
 from uploader.config import validate_config
 from uploader.journal import Journal, UploadRecord
@@ -24,6 +26,17 @@ def park_upload(s3, journal: Journal, bucket: str, path: Path, key: str, *, size
                                       checksum="md5", created_at=time.time()))
     journal.set_state(str(path), size=size, mtime_ns=time.time_ns(), key=key, status="pending")
     return upload_id
+
+
+def sqs_config(tmp_path: Path, s3_server, bucket: str, **settings):
+    """A fleet member's settings (source.type sqs: shared work); no queue is used here."""
+    return validate_config({
+        "source": {"type": "sqs", "queue_url": "http://127.0.0.1:9/queue/q",
+                   "directory": str(tmp_path)},
+        "s3": {"bucket": bucket, "endpoint_url": s3_server.endpoint_url,
+               "region": s3_server.region, "addressing_style": "path"},
+        "transfer": {"multipart_threshold": "5MiB", "part_size": "5MiB"},
+        "state_dir": str(tmp_path / "state"), **settings})
 
 
 def uploads_in_s3(s3, bucket: str) -> list[str]:
@@ -74,19 +87,12 @@ async def test_a_fleet_instance_finds_a_file_another_one_uploaded_and_deleted(
     """SQS, after_upload: delete. A duplicate message reaches an instance with a journal of
     its own: the file is gone, the object is there, so the message is done (not failed
     towards the dead-letter queue)."""
-    def config():
-        return validate_config({
-            "source": {"type": "sqs", "queue_url": "http://127.0.0.1:9/queue/q",
-                       "directory": str(tmp_path)},
-            "s3": {"bucket": bucket, "endpoint_url": s3_server.endpoint_url,
-                   "region": s3_server.region, "addressing_style": "path"},
-            "after_upload": "delete", "state_dir": str(tmp_path / "state")})
-
     path = tmp_path / "shared.txt"
     path.write_text("one instance uploads it")
     for name in ("first", "second"):
         journal = Journal(tmp_path / f"{name}.sqlite3")
-        async with services(config(), journal=journal) as svc:
+        async with services(sqs_config(tmp_path, s3_server, bucket, after_upload="delete"),
+                            journal=journal) as svc:
             outcome = await svc.pipeline.process(path, "shared.txt")
         journal.close()
         if name == "first":
@@ -148,3 +154,24 @@ async def test_a_file_larger_than_s3s_largest_object_fails_before_anything_is_se
     journal.close()
     assert record.status == "failed" and "largest object (5 TiB)" in record.error
     assert fault_proxy.records(method="POST") == [] and fault_proxy.records(method="PUT") == []
+
+
+async def test_a_parked_upload_is_not_completed_over_the_object_another_instance_sent(
+        tmp_path, s3_server, s3_env, bucket, s3):
+    """A fleet: our upload of the file was parked (shutdown), then another instance got the
+    message again and uploaded the file. Back with the message, we must not complete ours
+    over it (a second publication): S3 is asked first, and the parked upload aborted."""
+    path = tmp_path / "shared.bin"
+    data = os.urandom(6 * MiB)
+    path.write_bytes(data)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    park_upload(s3, journal, bucket, path, "shared.bin", size=len(data))
+    journal.set_state(str(path), size=len(data), mtime_ns=path.stat().st_mtime_ns,
+                      key="shared.bin", status="pending")
+    s3.upload_file(str(path), bucket, "shared.bin", Config=TransferConfig(
+        multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))  # the other instance
+    async with services(sqs_config(tmp_path, s3_server, bucket), journal=journal) as svc:
+        assert await svc.pipeline.process(path, "shared.bin") is Outcome.ALREADY_UPLOADED
+    assert journal.find_upload(str(path)) is None
+    journal.close()
+    assert uploads_in_s3(s3, bucket) == []

@@ -214,10 +214,10 @@ class Pipeline:
             raise PermanentError(f"{job.path}: {job.size} bytes is more than S3's largest "
                                  "object (5 TiB); not sent", code="EntityTooLarge")
         await self.bucket_check.ensure_exists()
-        look_first = _was_interrupted(previous, job) or self.shared_work
-        if look_first and self.journal.find_upload(str(job.path)) is None:
-            # A previous run (or another instance) may have finished the upload
-            # without this journal knowing.
+        # A previous run (or another instance) may have finished the upload without this
+        # journal knowing. Another instance may have, even while our upload was parked.
+        if self.shared_work or (_was_interrupted(previous, job)
+                                and self.journal.find_upload(str(job.path)) is None):
             exists, existing = await look_for_object(self.ctx, job)
             if not exists and self.shared_work:
                 job = dataclasses.replace(job, create_only=True)  # lose a race, never win twice
@@ -225,6 +225,7 @@ class Pipeline:
                 log.info("%s is already in S3 (an earlier run or another instance); "
                          "not sending it again",
                          job.path, extra={"file": str(job.path), "key": job.key})
+                await self._abort_parked(job.path, reason="the object is in S3 already")
                 return existing
         self._record_job(job, UPLOADING)
         # On disk before anything is sent: after a crash, `uploading` is what
