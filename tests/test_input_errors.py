@@ -15,6 +15,7 @@ from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url, va
 
 from daemon_harness import ROOT_WITHOUT_READ_OVERRIDE, UPLOADER, keys_in, run_cli
 from uploader.config import check_bucket_name, check_endpoint_url, check_region, load_config
+from uploader.errors import ConfigError
 
 
 def make_config(tmp_path: Path, name: str = "uploader.yaml", **overrides: Any) -> Path:
@@ -279,3 +280,44 @@ def test_upload_usage_names_its_arguments_once():
     result = run_cli("upload", "--help")
     usage = result.stdout.split("\n\n")[0]
     assert usage.count("s3://BUCKET[/PREFIX]") == 1 and "PATH..." in usage, usage
+
+
+# ------------------------------------------------------------ the journal in state_dir
+def test_a_state_dir_that_cannot_hold_the_journal_is_named(tmp_path):
+    (tmp_path / "state").write_text("a file where the folder should be")
+    config = make_config(tmp_path)
+    assert_named(run_cli("run", "--config", str(config)), "state_dir: cannot open the journal")
+    (tmp_path / "state").unlink()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.sqlite3").write_bytes(b"not a database" * 100)
+    for command in ("run", "status", "retry-failed"):
+        assert_named(run_cli(command, "--config", str(config)),
+                     "state_dir: cannot open the journal")
+    assert (tmp_path / "outbox" / "precious.txt").read_text() == "keep me"
+
+
+def test_retry_failed_says_where_an_sqs_daemons_failures_are(tmp_path):
+    config = make_config(tmp_path, source={"type": "sqs",
+                                           "queue_url": "http://127.0.0.1:9/queue/q"})
+    assert_named(run_cli("retry-failed", "--config", str(config)),
+                 "with source.type sqs the queue holds the work")
+
+
+def test_a_malformed_endpoint_in_the_environment_is_named(tmp_path):
+    """botocore reads AWS_ENDPOINT_URL when the configuration names no endpoint."""
+    (tmp_path / "a.txt").write_text("x")
+    result = run_cli("upload", str(tmp_path / "a.txt"), "s3://my-bucket/",
+                     env={**os.environ, "AWS_ENDPOINT_URL": "127.0.0.1:9"})
+    assert_named(result, "AWS_ENDPOINT_URL (environment): expected http:// or https://")
+
+
+def test_an_endpoint_variable_botocore_does_not_read_is_not_checked(tmp_path, monkeypatch):
+    from uploader.s3client import check_aws_settings
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:9")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    config = load_config(make_config(tmp_path))  # s3.endpoint_url is set: botocore uses it
+    check_aws_settings(config)
+    config.s3.endpoint_url = None
+    with pytest.raises(ConfigError, match="AWS_ENDPOINT_URL"):
+        check_aws_settings(config)

@@ -32,7 +32,10 @@ def test_messages_are_parsed_and_bad_ones_named():
                         root=Path("/share"))
     assert (job.path, job.relative, job.metadata) == (Path("/share/a/b.csv"), "a/b.csv",
                                                        {"team": "x"})
-    assert parse_message('{"path": "/elsewhere/c.txt"}', root=Path("/share")).relative == "c.txt"
+    # Outside the root: the whole path, never the name alone (/a/x and /b/x would collide).
+    assert parse_message('{"path": "/elsewhere/c.txt"}',
+                         root=Path("/share")).relative == "elsewhere/c.txt"
+    assert parse_message('{"path": "/a/c.txt"}', root=None).relative == "a/c.txt"
     assert parse_message('{"path": "/x/c.txt", "key": "k/n.txt"}', root=None).relative == "k/n.txt"
     # The key also names the file under move_to (after_upload: move): never outside it.
     assert parse_message('{"path": "/x/c.txt", "key": "/k/n.txt"}', root=None).relative == "k/n.txt"
@@ -221,9 +224,13 @@ def test_enqueue_publishes_settled_files_once(daemon_config, daemon_factory, mot
     (outbox / "a.txt").write_bytes(b"a")
     (outbox / "sub" / "b.txt").write_bytes(b"b")
     (outbox / ".hidden").write_bytes(b"never")
+    with open(os.fsencode(outbox) + b"/latin-1-\xe9.txt", "wb") as handle:
+        handle.write(b"no S3 key can name it")  # logged, and the others still go
 
     enqueuer = daemon_factory(config, subcommand="enqueue", env=moto_server.env())
     wait_until(lambda: queue.depth() == 2, what="two messages")
+    assert enqueuer.process.poll() is None, enqueuer.log()
+    assert "latin-1-\\xe9.txt: the file name is not valid UTF-8" in enqueuer.log()
     assert enqueuer.terminate() == 0
     rows = journal_rows(tmp_path / "state")
     assert {status for status, _, _ in rows.values()} == {"enqueued"}

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import os
+import sqlite3
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"uploader: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except sqlite3.Error as exc:  # e.g. the journal is locked or its disk failed
+        print(f"uploader: the journal: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
     except BrokenPipeError:
@@ -109,10 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from uploader.daemon import run_daemon
-    from uploader.s3client import check_profile
+    from uploader.s3client import check_aws_settings
 
     config = load_config(args.config)
-    check_profile(config)
+    check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format,
                   library_level=config.logging.library_level)
     return _run_async(lambda: run_daemon(config, config_path=args.config))
@@ -121,10 +125,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from uploader.daemon import stop_event
     from uploader.enqueue import run_enqueue
-    from uploader.s3client import check_profile
+    from uploader.s3client import check_aws_settings
 
     config = load_config(args.config)
-    check_profile(config)
+    check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format)
 
     async def main() -> int:
@@ -135,7 +139,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 def _cmd_upload(args: argparse.Namespace) -> int:
     from uploader.oneshot import S3Url, run_oneshot, source_paths
-    from uploader.s3client import check_profile
+    from uploader.s3client import check_aws_settings
 
     if len(args.paths) < 2:
         raise ConfigError("upload needs at least one PATH and then s3://BUCKET[/PREFIX]")
@@ -144,7 +148,7 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     sources = source_paths(texts)
     prefix, file_name = url.target(sources)
     config = _oneshot_config(args, bucket=url.bucket, prefix=prefix, first=sources[0])
-    check_profile(config)
+    check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format,
                   library_level=config.logging.library_level)
     summary = _run_async(lambda: run_oneshot(config, sources, progress=sys.stderr,
@@ -206,6 +210,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if config.source.type == "sqs":
+        raise ConfigError(
+            "retry-failed: with source.type sqs the queue holds the work, not the journal: "
+            "a failed file's message went back to the queue and, after its "
+            "maxReceiveCount, to the dead-letter queue; move it back from there (a DLQ "
+            "redrive) to try the file again")
     journal = _open_existing_journal(config)
     try:
         count = journal.reset_failed()
@@ -235,11 +245,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _open_existing_journal(config: Config) -> Journal:
-    path = config.state_dir / "journal.sqlite3"
-    if not path.exists():
-        raise ConfigError(f"state_dir: no journal at {path}; has the daemon run with this "
-                          "configuration?")
-    return Journal(path)
+    return Journal.in_state_dir(config.state_dir, create=False)
 
 
 def _run_async(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from uploader.config import Config
 from uploader.errors import ConfigError, SourceError
 from uploader.filters import FileFilter
 from uploader.journal import ENQUEUED, Journal
+from uploader.keys import is_unicode
 from uploader.sources.directory import DirectorySource
 from uploader.sources.sqs import MAX_BATCH, check_queue, open_sqs_client
 from uploader.sources.walk import TreeWalker
@@ -55,6 +57,11 @@ class Enqueuer:
 
     async def submit(self, path: Path, relative: str,
                      signature: Signature | None = None) -> None:
+        if not is_unicode(str(path), relative):
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            log.error("not enqueued: %s: the file name is not valid UTF-8, so it cannot name "
+                      "an S3 object (rename the file)", shown)
+            return
         if signature is None:
             try:
                 signature = stat_signature(path, follow_symlinks=self._follow_symlinks)
@@ -140,6 +147,8 @@ async def run_enqueue(config: Config, stop: asyncio.Event) -> int:
                 task.cancel()
             await asyncio.gather(watching, stopped, return_exceptions=True)
             await enqueuer.flush()
+            if not watching.cancelled() and watching.exception() is not None:
+                raise watching.exception()  # the watcher died: say so and exit non-zero
     finally:
         journal.close()
     log.info("stopped")

@@ -25,6 +25,8 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from uploader.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -70,6 +72,8 @@ CREATE TABLE IF NOT EXISTS parts (
 ADDED_COLUMNS = {
     "uploads": {"inode": "INTEGER", "ctime_ns": "INTEGER"},
 }
+
+JOURNAL_FILE = "journal.sqlite3"  # in state_dir
 
 # File states. `uploading` is written when a transfer starts, so a crash leaves
 # evidence that the object may or may not exist yet.
@@ -163,9 +167,23 @@ class Journal:
         return missing
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path) -> "Journal":
-        state_dir.mkdir(parents=True, exist_ok=True)
-        return cls(state_dir / "journal.sqlite3")
+    def in_state_dir(cls, state_dir: Path, *, create: bool = True) -> "Journal":
+        """The journal in `state_dir` (made if missing, unless `create` is false).
+
+        Raises ConfigError naming state_dir when it cannot be opened: a read-only or
+        full filesystem, a file where the folder should be, a corrupt journal.
+        """
+        path = state_dir / JOURNAL_FILE
+        if not create and not path.exists():
+            raise ConfigError(f"state_dir: no journal at {path}; has the daemon run with "
+                              "this configuration?")
+        try:
+            if create:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"state_dir: cannot open the journal {path}: {reason}") from None
 
     def close(self) -> None:
         self._commit_batch()

@@ -24,6 +24,17 @@ from dataclasses import dataclass
 SOURCE_PATH_METADATA = "source-path"
 
 
+def is_unicode(*names: str) -> bool:
+    """Whether every name is valid Unicode: S3 keys (and the journal) hold UTF-8 only.
+    A file name of undecodable bytes reaches Python with lone surrogates in it."""
+    try:
+        for name in names:
+            name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def object_key(*, prefix: str, relative_path: str) -> str:
     """`prefix` + relative path. The prefix is used as written (add the `/` yourself)."""
     return prefix + relative_path.lstrip("/")

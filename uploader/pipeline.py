@@ -30,7 +30,7 @@ from uploader.errors import (
     VerificationError,
 )
 from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
-from uploader.keys import KeyNamer
+from uploader.keys import KeyNamer, is_unicode
 from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, Signature, stat_signature
@@ -100,7 +100,7 @@ class Pipeline:
 
     def partition_of(self, relative: str) -> str:
         """The rate-limiter partition the file at `relative` is uploaded to."""
-        if not _is_unicode(relative):
+        if not is_unicode(relative):
             return ""  # no key can be named for it; `process` fails it, saying why
         return self.ctx.partition_of(self.keys.key(relative))
 
@@ -125,7 +125,7 @@ class Pipeline:
         here); the upload proves the file still matches it when it opens the file.
         """
         started = time.monotonic()
-        if _is_unicode(str(path), relative):
+        if is_unicode(str(path), relative):
             key = self.keys.key(relative)
             context = bind_log_context(file=str(path), key=key)
             try:
@@ -325,15 +325,6 @@ class Pipeline:
         if previous is not None and previous.status == UPLOADED:
             return  # e.g. moved away after upload, then an old event arrived
         self._record(path, key, size=0, mtime_ns=0, status=SKIPPED, error=reason)
-
-
-def _is_unicode(*names: str) -> bool:
-    try:
-        for name in names:
-            name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
-        return False
-    return True
 
 
 def _inside(folder: Path, relative: str) -> Path:

@@ -22,7 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import ProfileNotFound
 
-from uploader.config import Config
+from uploader.config import Config, check_endpoint_url
 from uploader.errors import ConfigError
 from uploader.s3.datapath import DataPath, connection_pool_size, open_data_path
 
@@ -59,12 +59,36 @@ def tls_verification(endpoint_url: str | None) -> bool | None:
     return False if plain_http and not proxied else None
 
 
-def check_profile(config: Config) -> None:
-    """Fail with the setting's name if the AWS profile in use does not exist.
 
-    botocore raises ProfileNotFound from deep inside building a client (S3's or
-    SQS's); checked first, the start stops with a configuration error instead.
+
+def check_aws_settings(config: Config) -> None:
+    """Fail with the setting's name if what botocore would read is unusable: the AWS
+    profile in use does not exist, or an endpoint in the environment is malformed.
+
+    botocore raises from deep inside building a client (S3's or SQS's); checked
+    first, the start stops with a configuration error instead.
     """
+    _check_endpoint_variables(config)
+    _check_profile(config)
+
+
+def _check_endpoint_variables(config: Config) -> None:
+    """The variables botocore reads for an endpoint the configuration leaves unset."""
+    names = []
+    if config.s3.endpoint_url is None:
+        names += ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+    if config.source.type == "sqs" and config.source.endpoint_url is None:
+        names += ["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"]
+    for name in dict.fromkeys(names):
+        value = os.environ.get(name)
+        if value:
+            try:
+                check_endpoint_url(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name} (environment): {exc}") from None
+
+
+def _check_profile(config: Config) -> None:
     session = AioSession(profile=config.s3.profile)
     try:
         session.get_scoped_config()

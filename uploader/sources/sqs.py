@@ -128,11 +128,13 @@ def _check_unicode(text: str, name: str) -> None:
 
 
 def _default_name(path: Path, root: Path | None) -> str:
-    """The path relative to the shared root, or the file name if it lies outside."""
+    """The path relative to the shared root; outside it (or with no root), the whole
+    path without its leading `/`. Never the file name alone: /a/x.csv and /b/x.csv
+    would then be one object, the second overwriting the first."""
     if root is not None:
         with contextlib.suppress(ValueError):
             return path.relative_to(root).as_posix()
-    return path.name
+    return path.as_posix().lstrip("/")
 
 
 @contextlib.asynccontextmanager
