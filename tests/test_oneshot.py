@@ -77,3 +77,34 @@ def test_where_objects_go(tmp_path, s3_server, s3, bucket, sources, destination,
                      env=s3_server.env())
     assert result.returncode == 0, result.stderr
     assert keys_in(s3, bucket) == expected
+
+
+@pytest.mark.timeout(90)
+def test_each_file_is_counted_once_when_some_fail_transiently(tmp_path, s3_server, s3, bucket,
+                                                              fault_proxy):
+    """The proxy holds the prefix to 2 PUT/s and one attempt per request is allowed, so
+    some files fail with SlowDown. A one-shot does not put them back in line for later:
+    each file is either uploaded or failed, the summary adds up, the exit says so."""
+    import re
+
+    import yaml
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"f{i:02d}.txt").write_text(f"file {i}")
+    fault_proxy.burst_seconds = 0.5
+    fault_proxy.write_rate_per_prefix = 2
+    config = tmp_path / "oneshot.yaml"
+    config.write_text(yaml.safe_dump({
+        "s3": {"addressing_style": "path"},
+        "retry": {"max_attempts": 1, "retry_later_seconds": 0.2},
+        "rate_limit": {"adaptive": False}}))
+    result = run_cli("upload", "--config", str(config), "--endpoint-url", fault_proxy.url,
+                     str(folder), f"s3://{bucket}/b/", env=s3_server.env())
+    summary = result.stdout.strip().splitlines()[-1]
+    uploaded, failed = (int(n) for n in re.search(
+        r"uploaded (\d+) files .* (\d+) failed", summary).groups())
+    assert failed > 0 and result.returncode == 1, summary
+    assert uploaded + failed == 12, summary
+    assert len(keys_in(s3, bucket)) == uploaded

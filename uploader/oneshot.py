@@ -127,7 +127,7 @@ async def run_oneshot(config: Config, paths: list[Path], *,
     unlisted: list[Path] = []
     journal = Journal(":memory:")  # a one-shot run keeps no state between runs
     try:
-        async with services(config, journal=journal) as svc, track_progress(
+        async with services(config, journal=journal, retry_later=False) as svc, track_progress(
                 svc.pipeline, paths=paths, config=config, stream=progress) as tracker:
             svc.pool.start()
             for path in paths:

@@ -34,8 +34,13 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def services(config: Config, *, journal: Journal) -> AsyncIterator[Services]:
-    """Client, retry policy, transfer context, pipeline and worker pool, closed in reverse."""
+async def services(config: Config, *, journal: Journal,
+                   retry_later: bool = True) -> AsyncIterator[Services]:
+    """Client, retry policy, transfer context, pipeline and worker pool, closed in reverse.
+
+    `retry_later`: files whose upload failed transiently go back in line after
+    `retry.retry_later_seconds` (a daemon); False: they stay failed (a one-shot run,
+    which ends when its files are done, and must count each file once)."""
     t = config.transfer
     async with open_s3(config) as s3:
         client = s3.client
@@ -50,7 +55,8 @@ async def services(config: Config, *, journal: Journal) -> AsyncIterator[Service
                             shared_work=config.source.type == "sqs")
         pool = WorkerPool(pipeline=pipeline, concurrency=t.concurrency,
                           queue_size=max(64, 4 * t.concurrency),
-                          retry_later_seconds=config.retry.retry_later_seconds,
+                          retry_later_seconds=(config.retry.retry_later_seconds
+                                               if retry_later else None),
                           partition_of=pipeline.partition_of,
                           has_room=pipeline.partition_has_room)
         yield Services(config=config, journal=journal, retry=retry, pipeline=pipeline, pool=pool)
