@@ -193,11 +193,27 @@ class SourceConfig(Section):
     include: list[str] = Field(
         default_factory=lambda: ["**"],
         description="Glob patterns on the path relative to `directory`; only matching files "
-        "are uploaded. `**` matches any number of folders, `*` anything but `/`.")
+        "are uploaded. A pattern matches the whole path from the root: `*.csv` is `x.csv` but "
+        "not `a/x.csv`, `**/*.csv` both (a leading `/` changes nothing). `**` matches any "
+        "number of folders; `*` anything but `/`, `?` one such character, `[a-z]` one of a "
+        "class (`[!...]` or `[^...]` negated; `[[]` is a literal `[`); `{csv,gz}` "
+        "alternatives (not nested); a trailing `/` everything below that folder. An unclosed "
+        "`[` or `{` is a config error.")
     exclude: list[str] = Field(
         default_factory=list,
-        description="Glob patterns on the relative path; matching files are never uploaded. "
-        "Exclude wins over include.")
+        description="Glob patterns on the relative path, as for `include`; matching files are "
+        "never uploaded, e.g. `tmp/` or `**/*.{bak,old}`. Exclude wins over include, and a "
+        "folder whose every file is excluded (a pattern ending in `/` or `/**`) is not "
+        "entered at all.")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _valid_globs(cls, patterns: list[str]) -> list[str]:
+        from uploader.filters import glob_to_regex  # not at the top: filters imports this module
+
+        for pattern in patterns:
+            glob_to_regex(pattern)  # a GlobError is a ValueError naming the pattern
+        return patterns
     ignore_hidden: bool = Field(
         True, description="Ignore files and folders whose name starts with `.`.")
     ignore_temporary: bool = Field(
