@@ -25,6 +25,7 @@ from uploader.logs import JsonFormatter
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SIGNATURE = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJlLWJ5dGVz"
 
 # What botocore, aiobotocore and S3 really print at DEBUG (shapes copied from their logs).
 LIBRARY_LINES = [
@@ -46,6 +47,12 @@ LIBRARY_LINES = [
     f"authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20240101, Signature={SIGNATURE}",
     f"{{'SecretAccessKey': '{SECRET}', 'SessionToken': 'FwoGZXIvYXdzEBYaDH'}}",
     f"aws_secret_access_key={SECRET[::-1]}",
+    # AssumeRoleWithWebIdentity (EKS/IRSA) at DEBUG, and SSO's bearer token header.
+    "Making request for OperationModel(name=AssumeRoleWithWebIdentity) with params: "
+    f"{{'body': {{'RoleArn': 'arn:aws:iam::1:role/r', 'WebIdentityToken': '{JWT}'}}}}",
+    f"Action=AssumeRoleWithWebIdentity&WebIdentityToken={JWT}&Version=2011-06-15",
+    "headers={'x-amz-sso_bearer_token': 'aoaAAAAAGXyz0123456789abcdefSECRET'}",
+    f"token file read: {JWT}",
 ]
 
 
@@ -53,7 +60,7 @@ LIBRARY_LINES = [
 def test_redactor_removes_every_secret_shape(line):
     clean = Redactor(secrets=[SECRET], access_keys=[ACCESS_KEY])(line)
     for secret in (SECRET, SECRET[::-1], ACCESS_KEY, SIGNATURE, "FwoGZXIvYXdzEBYaDH",
-                   "abcDEF%2Bghi", "Credential=AKIA"):
+                   "abcDEF%2Bghi", "Credential=AKIA", "eyJ", "aoaAAAAAGXyz"):
         assert secret not in clean
     assert REDACTED in clean or "AKIA…MPLE" in clean
 

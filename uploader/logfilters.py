@@ -8,8 +8,9 @@ It rewrites the message and the exception text before any formatter runs:
 
 - values of `Authorization` headers, `Signature=`/`X-Amz-Signature=` and
   `Signature:` (botocore's signing log), `X-Amz-Credential=`/`Credential=`,
-  `X-Amz-Security-Token`, and S3 error elements such as `<SignatureProvided>`
-  become `[REDACTED]`;
+  `X-Amz-Security-Token`, of any key named like a token or a secret
+  (`WebIdentityToken`, SSO's bearer token), any JSON Web Token, and S3 error
+  elements such as `<SignatureProvided>` become `[REDACTED]`;
 - the secret values themselves (`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`
   from the environment, and any `register`ed at run time) become `[REDACTED]`
   wherever they appear, even where no pattern names them;
@@ -53,6 +54,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # aws_secret_access_key=..., "SecretAccessKey": "...", session_token: ...
     (re.compile(r"""(?i)(\b(?:aws_)?(?:secret_?access_?key|session_?token)["']?\s*[:=]\s*b?"""
                 r"""["']?)(?!\[)([^"'\s,;}]+)"""), rf"\1{REDACTED}"),
+    # Any other token or secret by name: 'WebIdentityToken': '...' (AssumeRoleWithWebIdentity,
+    # EKS/IRSA), x-amz-sso_bearer_token (SSO), "accessToken", client_secret=...
+    (re.compile(r"""(?i)(\b[\w-]*(?:token|secret)["']?\s*[:=]\s*b?["']?)(?!\[)"""
+                r"""([^"'\s,;}&]{8,})"""), rf"\1{REDACTED}"),
+    # A JSON Web Token wherever it stands (web identity tokens are JWTs).
+    (re.compile(r"""\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"""), REDACTED),
 )
 _ACCESS_KEY_ID = re.compile(r"\b((?:AKIA|ASIA|AIDA|AROA|AIPA|ANPA|ANVA|AGPA|ABIA|ACCA)"
                             r"[A-Z0-9])[A-Z0-9]{8,}([A-Z0-9]{4})\b")
