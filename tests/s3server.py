@@ -142,6 +142,9 @@ class SeaweedS3:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="weed-"))
         self.access_key = access_key or "AKIA" + uuid.uuid4().hex[:16].upper()
         self.secret_key = secret_key or uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        # A second identity that may only write objects (no List, no Read): least privilege.
+        self.writer_access_key = "AKIA" + uuid.uuid4().hex[:16].upper()
+        self.writer_secret_key = uuid.uuid4().hex + uuid.uuid4().hex[:8]
         self.region = REGION
         self.ports: dict[str, int] = {}
         self.endpoint_url = ""
@@ -268,7 +271,13 @@ class SeaweedS3:
                         {"accessKey": self.access_key, "secretKey": self.secret_key}
                     ],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "writer",
+                    "credentials": [{"accessKey": self.writer_access_key,
+                                     "secretKey": self.writer_secret_key}],
+                    "actions": ["Write"],
+                },
             ]
         }
         self.identities_path.write_text(json.dumps(identities, indent=2))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import daemon_config, daemon_factory, run_cli, wait_until  # noqa: F401
+from daemon_harness import object_bytes
 from ops_harness import endpoint, free_port, get
 
 # A credential_process (the AWS chain's own way to rotate credentials): it prints the
@@ -39,7 +40,8 @@ def use_key(pair: Path, access_key: str, secret_key: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_readiness_follows_the_credentials(daemon_config, daemon_factory, s3_server, tmp_path):
+def test_readiness_follows_the_credentials(daemon_config, daemon_factory, s3_server, s3, bucket,
+                                           tmp_path):
     env, pair = rotating_credentials(tmp_path)
     use_key(pair, s3_server.access_key, "not-the-secret-" + "x" * 25)
     config = daemon_config(metrics={"listen": f"127.0.0.1:{free_port()}"},
@@ -62,6 +64,14 @@ def test_readiness_follows_the_credentials(daemon_config, daemon_factory, s3_ser
     health = run_cli("health", "--config", str(config))
     assert health.returncode == 0, health.stderr
     assert health.stdout.startswith("ready")
+
+    # Least privilege: a key that may write objects but not list (HeadBucket: 403) uploads
+    # fine, so the daemon is ready.
+    use_key(pair, s3_server.writer_access_key, s3_server.writer_secret_key)
+    (tmp_path / "outbox" / "written.txt").write_text("by a write-only key")
+    wait_until(lambda: object_bytes(s3, bucket, "incoming/written.txt"), what="the upload")
+    status, text = get(f"{base}/readyz")
+    assert status == 200, text
 
     use_key(pair, s3_server.access_key, "revoked-" + "y" * 32)
     wait_until(lambda: get(f"{base}/readyz")[0] == 503, what="not ready once revoked")

@@ -113,8 +113,25 @@ class Readiness:
         except TimeoutError:
             return f"{what}: no answer within {self._timeout:.0f}s"
         except Exception as exc:  # translated right here, the readiness boundary
-            return _explain(translate(exc, what=what))
+            error = translate(exc, what=what)
+            if error.status == 403 and await self._only_listing_denied():
+                return None  # uploads work (the bucket check lets them go on too)
+            return _explain(error)
         return None
+
+    async def _only_listing_denied(self) -> bool:
+        """After HeadBucket's bodiless 403: were the credentials refused, or only the
+        listing? ListObjectsV2 answers with a code: AccessDenied means the signature
+        was accepted and the identity may not list, which uploads do not need
+        (least-privilege, write-only credentials)."""
+        try:
+            await asyncio.wait_for(self._client.list_objects_v2(Bucket=self._bucket, MaxKeys=1),
+                                   self._timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other answer: not ready, as HeadBucket said
+            return translate(exc, what="ListObjectsV2").code == "AccessDenied"
+        return True
 
     def _journal(self) -> str | None:
         """In a thread: the state_dir takes a synced write, the journal its write lock."""
@@ -142,8 +159,7 @@ class Readiness:
 
 def _explain(error: TransferError) -> str:
     if error.status == 403:
-        return (f"{error}; the credentials were refused (wrong access key or secret?) or may "
-                "not s3:ListBucket on the bucket")
+        return f"{error}; the credentials were refused (wrong access key or secret?)"
     if error.status == 404:
         return f"{error}; the bucket does not exist (check s3.bucket and s3.region)"
     return str(error)
