@@ -94,3 +94,38 @@ def test_sighup_widens_the_filter_and_newly_included_files_go_up(daemon_config, 
     assert reloads(scrape(base), "applied") == 1
     assert "logging.level 'INFO' -> 'DEBUG'" in daemon.log()
     assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_raised_concurrency_is_not_held_back_by_the_connection_pool(
+        daemon_config, daemon_factory, fault_proxy, s3, bucket, tmp_path):
+    """With `transfer.data_path: botocore` every PUT goes through the aioboto3 client,
+    whose connection pool was sized for the concurrency at start (2 + 8 parts + 4): a
+    reload to 30 was reported applied while at most 14 requests could be in flight.
+    Each request takes 0.5 s more at the proxy, so what runs at once can be counted."""
+    config = daemon_config(s3={"endpoint_url": fault_proxy.url},
+                           transfer={"concurrency": 2, "data_path": "botocore"},
+                           janitor={"enabled": False})
+    daemon = daemon_factory(config)
+    base = endpoint(daemon)
+    fault_proxy.latency = 0.5
+    rewrite(config, transfer={"concurrency": 30})
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for_metric(base, lambda p: reloads(p, "applied") == 1, what="the reload")
+    outbox = tmp_path / "outbox"
+    for i in range(60):
+        (outbox / f"f{i:02d}.txt").write_text(f"file {i}")
+    expected = {f"incoming/f{i:02d}.txt" for i in range(60)}
+    wait_until(lambda: keys_in(s3, bucket) >= expected, timeout=60, what="every file")
+    assert daemon.terminate() == 0
+    puts = [r for r in fault_proxy.records(method="PUT") if r.ok]
+    assert most_at_once(puts) > 14, most_at_once(puts)
+
+
+def most_at_once(records) -> int:  # noqa: ANN001
+    events = sorted([(r.t_start, 1) for r in records] + [(r.t_end, -1) for r in records])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak

@@ -69,6 +69,7 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Integer = Annotated[int, BeforeValidator(_not_a_boolean)]
 Number = Annotated[float, BeforeValidator(_not_a_boolean)]
 MAX_PUT_BYTES = 5 * 1024**3  # S3 refuses a single PUT (and a part) larger than 5 GiB
+MAX_CONCURRENCY = 1024  # transfer.concurrency's ceiling (a reload may raise it up to this)
 
 
 # ----------------------------------------------------------- names and addresses
@@ -270,7 +271,7 @@ class TransferConfig(Section):
         description="Size of each multipart part (5MiB..5GiB); raised automatically so no "
         "upload needs more than 10,000 parts.")
     concurrency: Integer = Field(
-        64, ge=1, le=1024, description="Files uploaded at the same time (memory stays within "
+        64, ge=1, le=MAX_CONCURRENCY, description="Files uploaded at the same time (memory stays within "
         "`max_memory` whatever the number).")
     max_parts_in_flight: Integer = Field(
         8, ge=1, le=1024, description="Multipart parts sent at the same time, over all files; "

@@ -25,7 +25,7 @@ import aiohttp
 from botocore.httpsession import ProxyConfiguration, get_cert_path
 from yarl import URL
 
-from uploader.config import Config
+from uploader.config import MAX_CONCURRENCY, Config
 from uploader.errors import PermanentError
 from uploader.s3.endpoint import BucketEndpoint, resolve_endpoint
 from uploader.s3.signing import RequestSigner, payload_hash
@@ -53,10 +53,11 @@ class DataPath(Protocol):
 
 
 def connection_pool_size(config: Config) -> int:
-    """Requests that can be in flight at once at start: a PUT per file worker plus the
-    parts (the control-plane client's pool; the data path's follows reloads)."""
-    t = config.transfer
-    return t.concurrency + t.max_parts_in_flight + 4
+    """The control-plane client's connection cap: the most requests that can be in
+    flight, a PUT per file worker plus the parts, for any `transfer.concurrency` a
+    reload may set (connections open only as needed, so a high cap costs nothing;
+    one sized at start held a raised concurrency back). The data path has no cap."""
+    return MAX_CONCURRENCY + config.transfer.max_parts_in_flight + 4
 
 
 class BotocoreDataPath:
