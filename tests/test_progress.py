@@ -149,6 +149,28 @@ def test_display_draws_a_bar_in_place_on_a_terminal_and_lines_elsewhere():
     assert frames[3].startswith("[") and frames[3].endswith("\n")
 
 
+def test_the_bar_fits_the_terminal_it_is_drawn_on(monkeypatch):
+    """The bar goes to stderr; its width is stderr's terminal's, not stdout's (which may
+    be a file or a wider terminal): a line longer than the screen wraps on every frame."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from uploader.progress import CLEAR_LINE, ProgressDisplay
+
+    monkeypatch.setenv("COLUMNS", "200")  # what stdout's (or no) terminal would say
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
+    with open(side, "w", closefd=True) as screen:
+        progress = Progress(clock=FakeClock())
+        progress.set_totals(files=12345, nbytes=10**12)
+        ProgressDisplay(progress, screen).draw()
+        drawn = os.read(main, 4096).decode()
+    os.close(main)
+    assert len(drawn.split(CLEAR_LINE)[-1]) < 40, drawn
+
+
 def _listing(tmp_path: Path, files: int) -> list[Path]:
     tree = tmp_path / "tree"
     tree.mkdir()

@@ -193,7 +193,7 @@ class ProgressDisplay:
     def draw(self) -> None:
         snap = self.progress.snapshot()
         if self.tty:
-            width = shutil.get_terminal_size(fallback=(80, 24)).columns - 1
+            width = _columns(self.stream) - 1
             self.stream.write(CLEAR_LINE + bar_line(snap, width=width))
             self._bar_shown = True
         else:
@@ -308,3 +308,12 @@ async def _count(progress: Progress, paths: list[Path], config: Config) -> None:
     except OSError:
         return  # the uploads report what is wrong with the paths
     progress.set_totals(files=files, nbytes=nbytes)
+
+
+def _columns(stream: IO[str]) -> int:
+    """The width of the terminal `stream` writes to (the bar's: stderr, whatever stdout
+    is), else $COLUMNS, else 80."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size(fallback=(80, 24)).columns
