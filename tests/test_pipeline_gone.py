@@ -175,3 +175,43 @@ async def test_a_parked_upload_is_not_completed_over_the_object_another_instance
     assert journal.find_upload(str(path)) is None
     journal.close()
     assert uploads_in_s3(s3, bucket) == []
+
+
+async def test_other_bytes_under_the_path_with_size_and_mtime_kept_are_uploaded(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """cp -p, rsync -t, tar -x: other bytes under the path, size and mtime as before. The
+    journal's inode and ctime tell; a change of metadata alone (chmod) costs a HEAD and a
+    read, not an upload."""
+    path = tmp_path / "report.csv"
+    path.write_bytes(b"version A " * 100)
+    mtime_ns = path.stat().st_mtime_ns
+    journal = Journal(tmp_path / "journal.sqlite3")
+    config = make_config(tmp_path, s3_server, bucket)
+    config.s3.endpoint_url = fault_proxy.url
+
+    def put_count() -> int:
+        return len(fault_proxy.records(method="PUT"))
+
+    async with services(config, journal=journal) as svc:
+        assert await svc.pipeline.process(path, "report.csv") is Outcome.UPLOADED
+        replacement = tmp_path / "incoming.tmp"  # another file takes the path
+        replacement.write_bytes(b"version B " * 100)
+        os.utime(replacement, ns=(mtime_ns, mtime_ns))
+        replacement.rename(path)
+        assert await svc.pipeline.process(path, "report.csv") is Outcome.UPLOADED
+        assert s3.get_object(Bucket=bucket, Key="report.csv")["Body"].read()[:9] == b"version B"
+
+        with open(path, "r+b") as handle:  # rewritten in place, the inode kept
+            handle.write(b"version C ")
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        assert await svc.pipeline.process(path, "report.csv") is Outcome.UPLOADED
+        assert s3.get_object(Bucket=bucket, Key="report.csv")["Body"].read()[:9] == b"version C"
+
+        sent = put_count()
+        path.chmod(0o600)  # the ctime moves, the bytes do not
+        assert await svc.pipeline.process(path, "report.csv") is Outcome.ALREADY_UPLOADED
+        assert put_count() == sent
+        asked = len(fault_proxy.records(method="HEAD"))
+        assert await svc.pipeline.process(path, "report.csv") is Outcome.ALREADY_UPLOADED
+        assert len(fault_proxy.records(method="HEAD")) == asked  # journaled: not asked again
+    journal.close()

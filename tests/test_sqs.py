@@ -236,15 +236,20 @@ def test_enqueue_publishes_settled_files_once(daemon_config, daemon_factory, mot
     assert {status for status, _, _ in rows.values()} == {"enqueued"}
 
     (outbox / "c.txt").write_bytes(b"c")
+    # Other bytes under a.txt with its size and mtime kept (cp -p, rsync -t): a new version.
+    mtime_ns = (outbox / "a.txt").stat().st_mtime_ns
+    (outbox / "a.new").write_bytes(b"A")
+    os.utime(outbox / "a.new", ns=(mtime_ns, mtime_ns))
+    (outbox / "a.new").rename(outbox / "a.txt")
     enqueuer = daemon_factory(config, subcommand="enqueue", env=moto_server.env())
     enqueuer.wait_for_log("enqueued")
-    wait_until(lambda: queue.depth() == 3, what="the new file enqueued")
+    wait_until(lambda: queue.depth() == 4, what="the new file and a.txt's new version")
     assert enqueuer.terminate() == 0
     bodies = []
     while messages := queue.sqs.receive_message(QueueUrl=queue.url, MaxNumberOfMessages=10,
                                                 WaitTimeSeconds=0).get("Messages"):
         bodies += [json.loads(m["Body"]) for m in messages]
-    assert sorted(b["key"] for b in bodies) == ["a.txt", "c.txt", "sub/b.txt"]
+    assert sorted(b["key"] for b in bodies) == ["a.txt", "a.txt", "c.txt", "sub/b.txt"]
     assert {b["path"] for b in bodies} == {str(outbox / k) for k in ("a.txt", "c.txt",
                                                                      "sub/b.txt")}
 

@@ -26,7 +26,7 @@ from typing import Any
 from uploader.config import Config
 from uploader.errors import ConfigError, SourceError
 from uploader.filters import FileFilter
-from uploader.journal import ENQUEUED, Journal
+from uploader.journal import ENQUEUED, FileRecord, Journal
 from uploader.keys import is_unicode
 from uploader.sources.directory import DirectorySource
 from uploader.sources.sqs import MAX_BATCH, check_queue, open_sqs_client
@@ -51,7 +51,7 @@ class Enqueuer:
         self._fifo = queue_url.endswith(".fifo")
         self._journal = journal
         self._follow_symlinks = follow_symlinks
-        self._batch: list[tuple[Path, str, int, int]] = []
+        self._batch: list[tuple[Path, str, Signature]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.sent = 0
 
@@ -68,12 +68,9 @@ class Enqueuer:
             except SourceError as exc:
                 log.warning("not enqueued: %s", exc, extra={"file": str(path)})
                 return
-        previous = self._journal.lookup(str(path))
-        if (previous is not None and previous.status == ENQUEUED
-                and (previous.size, previous.mtime_ns) == (signature.size,
-                                                           signature.mtime_ns)):
-            return  # already published, unchanged
-        self._batch.append((path, relative, signature.size, signature.mtime_ns))
+        if _published(self._journal.lookup(str(path)), signature):
+            return
+        self._batch.append((path, relative, signature))
         if len(self._batch) >= MAX_BATCH:
             await self.flush()
         elif self._flusher is None or self._flusher.done():
@@ -88,7 +85,7 @@ class Enqueuer:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
             await self._send(batch)
 
-    async def _send(self, batch: list[tuple[Path, str, int, int]]) -> None:
+    async def _send(self, batch: list[tuple[Path, str, Signature]]) -> None:
         entries = [self._entry(i, *item) for i, item in enumerate(batch)]
         try:
             response = await self._client.send_message_batch(QueueUrl=self._queue_url,
@@ -98,27 +95,45 @@ class Enqueuer:
                       len(batch), exc)
             return
         failed = {f["Id"]: f.get("Message") for f in response.get("Failed", [])}
-        for i, (path, relative, size, mtime_ns) in enumerate(batch):
+        for i, (path, relative, signature) in enumerate(batch):
             if str(i) in failed:
                 log.error("could not enqueue %s: %s", path, failed[str(i)],
                           extra={"file": str(path)})
                 continue
-            self._journal.set_state(str(path), size=size, mtime_ns=mtime_ns, key=relative,
-                                    status=ENQUEUED)
+            self._journal.set_state(str(path), size=signature.size,
+                                    mtime_ns=signature.mtime_ns, key=relative,
+                                    status=ENQUEUED, inode=signature.inode,
+                                    ctime_ns=signature.ctime_ns)
             self.sent += 1
             log.info("enqueued %s as %s", path, relative, extra={"file": str(path)})
 
-    def _entry(self, index: int, path: Path, relative: str, size: int,
-               mtime_ns: int) -> dict[str, Any]:
+    def _entry(self, index: int, path: Path, relative: str,
+               signature: Signature) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "Id": str(index),
-            "MessageBody": json.dumps(message_for(path, relative, size=size, mtime_ns=mtime_ns)),
+            "MessageBody": json.dumps(message_for(path, relative, size=signature.size,
+                                                  mtime_ns=signature.mtime_ns)),
         }
         if self._fifo:
-            identity = f"{path}\0{size}\0{mtime_ns}".encode()
+            # The ctime too: other bytes under the path with the same size and mtime
+            # (cp -p, rsync -t) are a new message, not a duplicate to drop.
+            identity = (f"{path}\0{signature.size}\0{signature.mtime_ns}"
+                        f"\0{signature.ctime_ns}").encode()
             entry["MessageGroupId"] = hashlib.sha256(relative.encode()).hexdigest()[:64]
             entry["MessageDeduplicationId"] = hashlib.sha256(identity).hexdigest()[:128]
         return entry
+
+
+def _published(previous: FileRecord | None, signature: Signature) -> bool:
+    """Enqueued before, and the same file since: size, mtime, and (when journaled)
+    inode and ctime, which change when other bytes take the path with size and mtime
+    kept (cp -p, rsync -t)."""
+    if previous is None or previous.status != ENQUEUED:
+        return False
+    if (previous.size, previous.mtime_ns) != (signature.size, signature.mtime_ns):
+        return False
+    return previous.ctime_ns is None or (previous.inode, previous.ctime_ns) == (
+        signature.inode, signature.ctime_ns)
 
 
 async def run_enqueue(config: Config, stop: asyncio.Event) -> int:

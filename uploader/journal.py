@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS files (
     error       TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
     updated_at  REAL NOT NULL,
-    uploaded_at REAL
+    uploaded_at REAL,
+    inode       INTEGER,
+    ctime_ns    INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_by_status ON files(status);
 CREATE TABLE IF NOT EXISTS uploads (
@@ -70,6 +72,7 @@ CREATE TABLE IF NOT EXISTS parts (
 # Columns added to tables that journals on disk already have: a journal written
 # by an older version gets them on open (ALTER TABLE ADD COLUMN), NULL in old rows.
 ADDED_COLUMNS = {
+    "files": {"inode": "INTEGER", "ctime_ns": "INTEGER"},
     "uploads": {"inode": "INTEGER", "ctime_ns": "INTEGER"},
 }
 
@@ -98,6 +101,13 @@ class FileRecord:
     attempts: int
     updated_at: float
     uploaded_at: float | None
+    # Which file had these bytes (inode, ctime): None in rows journaled before
+    # these were, and for files never stat'ed (failed, skipped).
+    inode: int | None = None
+    ctime_ns: int | None = None
+
+
+FILE_COLUMNS = ", ".join(field.name for field in fields(FileRecord))
 
 
 @dataclass(frozen=True)
@@ -238,27 +248,28 @@ class Journal:
     # -- files -------------------------------------------------------------
 
     def lookup(self, path: str) -> FileRecord | None:
-        row = self._db.execute(
-            "SELECT path, size, mtime_ns, key, status, etag, error, attempts, updated_at,"
-            " uploaded_at FROM files WHERE path = ?", (path,)).fetchone()
+        row = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE path = ?",
+                               (path,)).fetchone()
         return FileRecord(*row) if row else None
 
     def set_state(self, path: str, *, size: int, mtime_ns: int, key: str, status: str,
-                  etag: str | None = None, error: str | None = None) -> None:
+                  etag: str | None = None, error: str | None = None,
+                  inode: int | None = None, ctime_ns: int | None = None) -> None:
         """Record a file's state; `attempts` counts transfers started."""
         now = time.time()
         self._write(
             """INSERT INTO files (path, size, mtime_ns, key, status, etag, error, attempts,
-                                  updated_at, uploaded_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  updated_at, uploaded_at, inode, ctime_ns)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(path) DO UPDATE SET
                  size = excluded.size, mtime_ns = excluded.mtime_ns, key = excluded.key,
                  status = excluded.status, etag = excluded.etag, error = excluded.error,
                  attempts = files.attempts + excluded.attempts,
                  updated_at = excluded.updated_at,
-                 uploaded_at = COALESCE(excluded.uploaded_at, files.uploaded_at)""",
+                 uploaded_at = COALESCE(excluded.uploaded_at, files.uploaded_at),
+                 inode = excluded.inode, ctime_ns = excluded.ctime_ns""",
             (path, size, mtime_ns, key, status, etag, error, int(status == UPLOADING), now,
-             now if status == UPLOADED else None))
+             now if status == UPLOADED else None, inode, ctime_ns))
         self._written()
 
     def counts(self) -> dict[str, int]:
@@ -270,8 +281,7 @@ class Journal:
 
     def files_in_state(self, status: str) -> Iterator[FileRecord]:
         cursor = self._db.execute(
-            "SELECT path, size, mtime_ns, key, status, etag, error, attempts, updated_at,"
-            " uploaded_at FROM files WHERE status = ? ORDER BY path", (status,))
+            f"SELECT {FILE_COLUMNS} FROM files WHERE status = ? ORDER BY path", (status,))
         for row in cursor:
             yield FileRecord(*row)
 

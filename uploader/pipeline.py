@@ -163,9 +163,9 @@ class Pipeline:
         return await self._upload(job, previous)
 
     def _already_done(self, previous: FileRecord | None, job: FileJob) -> bool:
-        return (previous is not None and previous.status == UPLOADED
-                and previous.key == job.key and previous.size == job.size
-                and previous.mtime_ns == job.signature.mtime_ns)
+        """Uploaded before under this key, and the same file since (`_same_file`)."""
+        return (_uploaded_as(previous, job) and previous is not None
+                and _same_file(previous, job))
 
     def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
         """A file that failed since this process started is not retried until it changes."""
@@ -216,8 +216,11 @@ class Pipeline:
         await self.bucket_check.ensure_exists()
         # A previous run (or another instance) may have finished the upload without this
         # journal knowing. Another instance may have, even while our upload was parked.
-        if self.shared_work or (_was_interrupted(previous, job)
-                                and self.journal.find_upload(str(job.path)) is None):
+        # Or the journal has it uploaded, but another file, or one rewritten in place,
+        # now holds the path with that size and mtime: S3 is compared with its bytes.
+        if self.shared_work or _uploaded_as(previous, job) or (
+                _was_interrupted(previous, job)
+                and self.journal.find_upload(str(job.path)) is None):
             exists, existing = await look_for_object(self.ctx, job)
             if not exists and self.shared_work:
                 job = dataclasses.replace(job, create_only=True)  # lose a race, never win twice
@@ -311,8 +314,10 @@ class Pipeline:
 
     def _record_job(self, job: FileJob, status: str, *, etag: str | None = None,
                     error: str | None = None) -> None:
-        self._record(job.path, job.key, size=job.size, mtime_ns=job.signature.mtime_ns,
-                     status=status, etag=etag, error=error)
+        signature = job.signature
+        self.journal.set_state(str(job.path), size=job.size, mtime_ns=signature.mtime_ns,
+                               key=job.key, status=status, etag=etag, error=error,
+                               inode=signature.inode, ctime_ns=signature.ctime_ns)
 
     def _record(self, path: Path, key: str, *, size: int, mtime_ns: int, status: str,
                 etag: str | None = None, error: str | None = None) -> None:
@@ -333,6 +338,23 @@ def _inside(folder: Path, relative: str) -> Path:
     if not target.is_relative_to(folder):
         raise OSError(f"{relative!r} would be moved outside {folder}")
     return target
+
+
+def _uploaded_as(previous: FileRecord | None, job: FileJob) -> bool:
+    """Journaled as uploaded under this key with this size and mtime."""
+    return (previous is not None and previous.status == UPLOADED
+            and previous.key == job.key and previous.size == job.size
+            and previous.mtime_ns == job.signature.mtime_ns)
+
+
+def _same_file(previous: FileRecord, job: FileJob) -> bool:
+    """Size and mtime survive cp -p, rsync -t and tar -x putting other bytes under the
+    path; the inode (another file took the path) or the ctime (rewritten in place)
+    does not. A row from before these were journaled is trusted on size and mtime."""
+    if previous.inode is None or previous.ctime_ns is None or job.signature.ctime_ns is None:
+        return True
+    return (previous.inode, previous.ctime_ns) == (job.signature.inode,
+                                                    job.signature.ctime_ns)
 
 
 def _was_interrupted(previous: FileRecord | None, job: FileJob) -> bool:

@@ -11,15 +11,22 @@ from uploader.errors import SourceChanged, SourceUnreadable, SourceVanished
 
 @dataclass(frozen=True)
 class Signature:
-    """What must stay the same from the start of an upload to its end."""
+    """What must stay the same from the start of an upload to its end.
+
+    The ctime too: a file rewritten in place with its size and mtime put back (cp -p,
+    rsync -t, tar -x) keeps its inode, but the kernel moves its ctime on every write,
+    and nothing can set it back.
+    """
 
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int | None = None  # None: not known (given without a stat)
 
     @classmethod
     def of(cls, st: os.stat_result) -> "Signature":
-        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
+                   ctime_ns=st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
