@@ -312,8 +312,9 @@ async def _count(progress: Progress, paths: list[Path], config: Config) -> None:
 
 def _columns(stream: IO[str]) -> int:
     """The width of the terminal `stream` writes to (the bar's: stderr, whatever stdout
-    is), else $COLUMNS, else 80."""
+    is); if it tells none (0: a pseudo-terminal nobody sized), $COLUMNS, else 80."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, ValueError, OSError):
-        return shutil.get_terminal_size(fallback=(80, 24)).columns
+        columns = 0
+    return columns or shutil.get_terminal_size(fallback=(80, 24)).columns
