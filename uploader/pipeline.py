@@ -164,7 +164,7 @@ class Pipeline:
 
     def _already_done(self, previous: FileRecord | None, job: FileJob) -> bool:
         """Uploaded before under this key, and the same file since (`_same_file`)."""
-        return (_uploaded_as(previous, job) and previous is not None
+        return (previous is not None and _uploaded_as(previous, job)
                 and _same_file(previous, job))
 
     def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
