@@ -17,7 +17,9 @@ settings and the request log are guarded by one lock and are safe to touch
 from any thread while the proxy runs.
 
 Fault order per request: outage, latency, reset, error, throttle.  Faults
-are answered locally, never forwarded.
+are answered locally, never forwarded; except a lost answer (`lose_answers`):
+the request is forwarded and handled, and the client's connection is reset
+instead of getting the answer.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ _ERRORS = {
     "InternalError": (500, "We encountered an internal error. Please try again."),
     "ServiceUnavailable": (503, "Service is unable to handle request."),
     "BadGateway": (502, "The fault proxy could not reach the upstream server."),
+    "NoSuchUpload": (404, "The specified upload does not exist."),
 }
 
 
@@ -166,6 +169,10 @@ class _Faults:
     outage: bool = False
     outage_until: float = 0.0
     buckets: dict[str, _TokenBucket] = field(default_factory=dict)
+    # (answers still to lose, which requests): see FaultProxy.lose_answers
+    lost_answers: tuple[int, Callable[["RequestRecord"], bool]] | None = None
+    # (answers still to give, the error code, which requests): see FaultProxy.answer_with
+    scripted: tuple[int, str, Callable[["RequestRecord"], bool]] | None = None
 
 
 # ------------------------------------------------------------------ HTTP bits
@@ -585,6 +592,40 @@ class FaultProxy:
         with self._cond:
             self._faults.outage_until = time.monotonic() + seconds
 
+    def lose_answers(self, count: int, *, where: Callable[[RequestRecord], bool]) -> None:
+        """The next `count` requests matching `where` reach the server, which acts on
+        them, but their answers never reach the client: the connection is reset
+        instead (an answer lost to a timeout or a network cut, the work done)."""
+        with self._cond:
+            self._faults.lost_answers = (count, where)
+
+    def answer_with(self, count: int, code: str, *,
+                    where: Callable[[RequestRecord], bool]) -> None:
+        """The next `count` requests matching `where` get S3's error `code` (one of
+        _ERRORS), not forwarded: how some servers answer, e.g. NoSuchUpload to a
+        CompleteMultipartUpload sent again after it succeeded."""
+        if code not in _ERRORS:
+            raise ValueError(f"unknown error code {code!r}; known: {sorted(_ERRORS)}")
+        with self._cond:
+            self._faults.scripted = (count, code, where)
+
+    def _scripted_answer(self, record: RequestRecord) -> str | None:
+        with self._cond:
+            scripted = self._faults.scripted
+            if scripted is None or scripted[0] <= 0 or not scripted[2](record):
+                return None
+            self._faults.scripted = (scripted[0] - 1, scripted[1], scripted[2])
+            return scripted[1]
+
+    def _lose_answer(self, record: RequestRecord) -> bool:
+        with self._cond:
+            lost = self._faults.lost_answers
+            if lost is None or lost[0] <= 0 or not lost[1](record):
+                return False
+            self._faults.lost_answers = (lost[0] - 1, lost[1])
+            record.fault = "lost_answer"
+            return True
+
     def clear_faults(self) -> None:
         with self._cond:
             burst = self._faults.burst_seconds
@@ -594,6 +635,8 @@ class FaultProxy:
         """Pick this request's fault: 'reset', an error code, or None."""
         with self._cond:
             faults, now = self._faults, time.monotonic()
+            if scripted := self._scripted_answer(record):
+                return scripted
             if faults.reset_rate and self._rng.random() < faults.reset_rate:
                 return RESET
             if faults.error_rate and self._rng.random() < faults.error_rate:
@@ -920,6 +963,11 @@ class _Connection:
         head = await self._read_final_head()
         status = int(head.first[1])
         record.status = status
+        if self.proxy._lose_answer(record):
+            self.proxy._finish(record)  # the server answered; the client never hears it
+            await self._drop_upstream()
+            _abort(self.writer)
+            raise _PeerGone("answer lost on purpose")
         framing = _body_framing(head, is_request=False)
         if req.first[0] == "HEAD" or status in NO_BODY_STATUSES:
             framing = ("length", 0)

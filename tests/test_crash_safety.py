@@ -284,3 +284,30 @@ async def test_two_instances_racing_on_one_file_publish_it_once(
     assert fault_proxy.count(status=412) == 1
     assert s3.get_object(Bucket=bucket, Key="in/dup.bin")["Body"].read() == data
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("repeat", ["answered as the first", "NoSuchUpload"])
+async def test_a_complete_whose_answer_was_lost_is_recognised_not_failed(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy, repeat):
+    """CompleteMultipartUpload reaches S3 and completes, but the answer is lost (a reset),
+    so it is sent again. SeaweedFS, moto and AWS answer the repeat as the first; other
+    servers answer NoSuchUpload, the upload being no more (the proxy answers so here).
+    Either way the object is there and whole: the file is uploaded, not failed, and
+    nothing is aborted."""
+    path = tmp_path / "big.bin"
+    data = os.urandom(2 * PART + 1)
+    path.write_bytes(data)
+    fault_proxy.lose_answers(1, where=lambda r: r.is_complete_multipart)
+    if repeat == "NoSuchUpload":
+        fault_proxy.answer_with(1, "NoSuchUpload", where=lambda r: r.is_complete_multipart
+                                and fault_proxy.count(where=lambda o: o.is_complete_multipart))
+    journal = Journal(tmp_path / "journal.sqlite3")
+    config = make_config(tmp_path, fault_proxy.url, bucket, region=s3_server.region)
+    async with services(config, journal=journal) as svc:
+        assert await svc.pipeline.process(path, "big.bin") is Outcome.UPLOADED
+    journal.close()
+    completes = fault_proxy.records(where=lambda r: r.is_complete_multipart)
+    assert [r.fault for r in completes] == ["lost_answer",
+                                            None if repeat != "NoSuchUpload" else "error"]
+    assert fault_proxy.count(method="DELETE") == 0  # nothing aborted
+    assert s3.get_object(Bucket=bucket, Key="in/big.bin")["Body"].read() == data

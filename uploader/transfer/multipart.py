@@ -292,11 +292,22 @@ def _read_part(fd: int, buffer: bytearray, *, offset: int, job: FileJob,
 async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> str:
     parts = ctx.journal.parts(upload.upload_id)
     listing = [_completed_part(ctx.checksum, parts[n]) for n in sorted(parts)]
-    response = await ctx.call(
-        lambda: ctx.client.complete_multipart_upload(
-            Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id,
-            MultipartUpload={"Parts": listing}, **create_only_condition(job)),
-        key=upload.key, what=ctx.describe(job, "CompleteMultipartUpload"))
+    try:
+        response = await ctx.call(
+            lambda: ctx.client.complete_multipart_upload(
+                Bucket=ctx.bucket, Key=upload.key, UploadId=upload.upload_id,
+                MultipartUpload={"Parts": listing}, **create_only_condition(job)),
+            key=upload.key, what=ctx.describe(job, "CompleteMultipartUpload"))
+    except PermanentError as exc:
+        if exc.code != "NoSuchUpload":
+            raise
+        # A retry after an answer that was lost (a timeout, a reset): the first
+        # attempt completed the upload, so the server no longer knows it. The object
+        # tells whether that is so.
+        finished = await matching_object_exists(ctx, job, part_size=upload.part_size)
+        if finished is None:
+            raise
+        return finished.etag
     etag = str(response["ETag"]).strip('"')
     check_completed_etag(ctx, job, etag=etag, part_etags=[parts[n].etag for n in sorted(parts)])
     return etag
