@@ -143,6 +143,10 @@ def test_partition_is_the_bucket_and_the_keys_leading_segment():
     assert partition_for("bkt", "3f/2024/a.txt") == "bkt/3f"
     assert partition_for("bkt", "a.txt") == "bkt/"
     assert partition_for("bkt", "/odd") == "bkt/"
+    # Hashed spreading under s3.prefix: the hash segment after the prefix is the partition.
+    assert partition_for("bkt", "in/3f/a/b.txt", below="in/") == "bkt/in/3f"
+    assert partition_for("bkt", "in/a.txt", below="in/") == "bkt/in/"
+    assert partition_for("bkt", "other/a.txt", below="in/") == "bkt/other"
 
 
 async def test_unthrottled_start_never_waits():

@@ -215,3 +215,19 @@ async def test_other_bytes_under_the_path_with_size_and_mtime_kept_are_uploaded(
         assert await svc.pipeline.process(path, "report.csv") is Outcome.ALREADY_UPLOADED
         assert len(fault_proxy.records(method="HEAD")) == asked  # journaled: not asked again
     journal.close()
+
+
+async def test_each_hashed_prefix_under_s3_prefix_is_a_limiter_partition(
+        tmp_path, s3_server, s3_env, bucket):
+    """keys.spread: hash under s3.prefix `in/`: keys are in/<hh>/path. Were the partition
+    the key's first segment, every file would share `in`: one SlowDown would slow all
+    prefixes, and the intake would hold them all aside together."""
+    config = validate_config({
+        "source": {"directory": str(tmp_path)},
+        "s3": {"bucket": bucket, "prefix": "in/", "endpoint_url": s3_server.endpoint_url,
+               "region": s3_server.region, "addressing_style": "path"},
+        "keys": {"spread": "hash", "partitions": 16}, "state_dir": str(tmp_path / "state")})
+    async with services(config, journal=Journal(":memory:")) as svc:
+        partitions = {svc.pipeline.partition_of(f"logs/{i}.txt") for i in range(200)}
+    assert len(partitions) == 16
+    assert all(p.startswith(f"{bucket}/in/") for p in partitions)

@@ -83,13 +83,19 @@ from uploader.clock import Clock
 _EPSILON = 1e-9
 
 
-def partition_for(bucket: str, key: str) -> str:
-    """The throttling partition of an object: the bucket plus the key's leading segment.
+def partition_for(bucket: str, key: str, *, below: str = "") -> str:
+    """The throttling partition of an object: the bucket plus the key's leading segment,
+    or, for a key under `below`, `below` plus the segment that follows it.
 
     S3 partitions by key prefix; the first path segment is the finest prefix
-    we can name without knowing how S3 split it (hashed prefix spreading puts
-    the hash there). A key without "/" maps to "bucket/".
+    we can name without knowing how S3 split it. Hashed prefix spreading puts
+    the hash after `s3.prefix` (`below`): each hash segment is a prefix S3 can
+    split on, so each is a partition of its own. A key without "/" (after
+    `below`) maps to "bucket/" (`bucket/below`).
     """
+    if below and key.startswith(below):
+        head, sep, _ = key[len(below):].partition("/")
+        return f"{bucket}/{below}{head if sep else ''}"
     head, sep, _ = key.partition("/")
     return f"{bucket}/{head if sep else ''}"
 

@@ -46,6 +46,7 @@ class TransferContext:
     memory: MemoryBudget  # bytes of file data held at once (transfer.max_memory)
     common_params: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    spread_below: str = ""  # with keys.spread: hash, s3.prefix: the hash segment follows it
 
     @classmethod
     def build(cls, *, config: Config, client: Any, retry: RetryPolicy, journal: Journal,
@@ -65,7 +66,8 @@ class TransferContext:
                    part_slots=asyncio.Semaphore(t.max_parts_in_flight),
                    parts_per_file=t.max_parts_in_flight,
                    memory=MemoryBudget(capacity=t.max_memory), common_params=params,
-                   metadata=dict(s3.metadata))
+                   metadata=dict(s3.metadata),
+                   spread_below=s3.prefix if config.keys.spread == "hash" else "")
 
     def object_params(self, job: FileJob) -> dict[str, Any]:
         """Parameters set when an object is created (PUT or CreateMultipartUpload)."""
@@ -93,7 +95,7 @@ class TransferContext:
 
     def partition_of(self, key: str) -> str:
         """The rate-limiter partition of the object `key` in our bucket."""
-        return partition_for(self.bucket, key)
+        return partition_for(self.bucket, key, below=self.spread_below)
 
     def describe(self, job: FileJob, operation: str) -> str:
         return f"{operation} s3://{self.bucket}/{job.key} ({job.path})"
