@@ -160,3 +160,34 @@ async def test_connection_failures_open_the_breaker_and_callers_wait_queued():
     await clock.advance(10.1)  # the next probe succeeds; everyone else goes
     assert await first == "done" and await second == "done"
     assert breaker.state is BreakerState.CLOSED
+
+
+async def test_a_probe_cancelled_before_it_answers_lets_the_next_caller_probe():
+    """Half-open, the probe's caller is cancelled (a sibling part failed, shutdown): the
+    probe is released, so the next caller probes now instead of every caller waiting
+    out the probe's timeout (60 s)."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(endpoint="s3", clock=clock, failure_threshold=1, open_seconds=5,
+                             probe_timeout_seconds=60)
+    retry = RetryPolicy(max_attempts=1, base_seconds=0.01, cap_seconds=0.01, clock=clock,
+                        breaker=breaker, rng=lambda: 0.0)
+    breaker.record_failure()  # open for 5 s
+    hanging = asyncio.Event()
+
+    async def never_answers() -> str:
+        hanging.set()
+        await asyncio.Event().wait()
+        return "unreachable"
+
+    probe = asyncio.ensure_future(retry.call(never_answers, what="PUT probe"))
+    await clock.advance(5.1)  # half-open: the probe goes out and hangs
+    await asyncio.wait_for(hanging.wait(), 1)
+    next_call = Script()
+    second = asyncio.ensure_future(retry.call(next_call, what="PUT"))
+    await clock.advance(1.0)
+    assert next_call.calls == 0  # the probe is still out
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    await clock.advance(0.0)
+    assert await asyncio.wait_for(second, 1) == "done"
+    assert breaker.state is BreakerState.CLOSED

@@ -109,10 +109,20 @@ class CircuitBreaker:
         self._probe_deadline = now + self._probe_timeout
         return True
 
-    async def wait_until_allowed(self) -> None:
-        """Wait (queued, not failed) until `allow()` says yes."""
+    async def wait_until_allowed(self) -> bool:
+        """Wait (queued, not failed) until `allow()` says yes. True: the caller holds the
+        half-open probe, and must report its result or `release_probe`."""
         while not self.allow():
             await self._wait_for_change(self._seconds_until_retry())
+        return self.state is BreakerState.HALF_OPEN
+
+    def release_probe(self) -> None:
+        """The probe was never sent (its caller was cancelled): the next caller may send
+        one now, rather than every caller waiting out the probe's timeout."""
+        if self.state is BreakerState.HALF_OPEN and self._probe_deadline is not None:
+            self._probe_deadline = None
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     def _seconds_until_retry(self) -> float:
         now = self._clock.monotonic()

@@ -112,8 +112,16 @@ class RetryPolicy:
 
     # ------------------------------------------------------------ one attempt
     async def _attempt(self, operation: Callable[[], Awaitable[T]], call: _Call) -> T:
-        if self.breaker is not None:
-            await self.breaker.wait_until_allowed()
+        probe = self.breaker is not None and await self.breaker.wait_until_allowed()
+        try:
+            return await self._permitted_attempt(operation, call)
+        except asyncio.CancelledError:
+            if probe:  # cancelled holding the half-open probe: let another caller probe
+                self.breaker.release_probe()  # type: ignore[union-attr]
+            raise
+
+    async def _permitted_attempt(self, operation: Callable[[], Awaitable[T]],
+                                 call: _Call) -> T:
         permit = await self._permit(call)
         try:
             result = await _translated(operation, what=call.what)
