@@ -210,3 +210,20 @@ async def test_changed_event_fires_on_each_transition(make_breaker, clock):
 def test_rejects_nonsense_settings(make_breaker, bad):
     with pytest.raises(ValueError):
         make_breaker(**bad)
+
+
+def test_half_open_only_the_probes_result_counts(make_breaker, clock, transitions):
+    """A part upload sent before the breaker opened may answer while it is half-open: its
+    success must not close it (no probe has shown the endpoint is back), nor its failure
+    reopen it for longer; the probe's own result decides."""
+    breaker = make_breaker()
+    fail(breaker, 3)
+    clock.now += 10.0
+    assert breaker.state is HALF_OPEN and breaker.allow()  # the probe is out
+    breaker.record_success(probe=False)  # an old request's answer
+    assert breaker.state is HALF_OPEN
+    breaker.record_failure(probe=False)
+    assert breaker.state is HALF_OPEN
+    breaker.record_success(probe=True)
+    assert breaker.state is CLOSED
+    assert transitions == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]

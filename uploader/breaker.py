@@ -144,23 +144,31 @@ class CircuitBreaker:
             await asyncio.gather(changed, timer, return_exceptions=True)
 
     # -------------------------------------------------------------- results
-    def record_success(self) -> None:
-        """A request to the endpoint got an answer (even an error answer like 404)."""
+    def record_success(self, *, probe: bool = True) -> None:
+        """A request to the endpoint got an answer (even an error answer like 404).
+
+        `probe`: whether the request was the half-open probe (`wait_until_allowed`
+        says). Half-open, only the probe's result counts: an answer to a request
+        sent before the breaker opened (a long part upload) says nothing about now.
+        """
         self._failures = 0
-        if self.state is BreakerState.HALF_OPEN:
+        if self.state is BreakerState.HALF_OPEN and probe:
             self._open_seconds = self._base_open_seconds
             self._set_state(BreakerState.CLOSED)
         # While open, a success came from a request sent before it opened: it
         # says nothing about now, and the breaker stays open.
 
-    def record_failure(self) -> None:
-        """A connection failure, timeout or 5xx (not a throttle) from the endpoint."""
+    def record_failure(self, *, probe: bool = True) -> None:
+        """A connection failure, timeout or 5xx (not a throttle) from the endpoint.
+        `probe`: as for `record_success`."""
         state = self.state
         if state is BreakerState.OPEN:
             return  # sent before it opened; already counted
         if state is BreakerState.HALF_OPEN:
-            self._open_seconds = min(self._max_open_seconds, self._open_seconds * self._backoff)
-            self._open()
+            if probe:
+                self._open_seconds = min(self._max_open_seconds,
+                                         self._open_seconds * self._backoff)
+                self._open()
             return
         self._failures += 1
         if self._failures >= self._failure_threshold:

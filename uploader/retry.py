@@ -114,14 +114,14 @@ class RetryPolicy:
     async def _attempt(self, operation: Callable[[], Awaitable[T]], call: _Call) -> T:
         probe = self.breaker is not None and await self.breaker.wait_until_allowed()
         try:
-            return await self._permitted_attempt(operation, call)
+            return await self._permitted_attempt(operation, call, probe=probe)
         except asyncio.CancelledError:
             if probe:  # cancelled holding the half-open probe: let another caller probe
                 self.breaker.release_probe()  # type: ignore[union-attr]
             raise
 
-    async def _permitted_attempt(self, operation: Callable[[], Awaitable[T]],
-                                 call: _Call) -> T:
+    async def _permitted_attempt(self, operation: Callable[[], Awaitable[T]], call: _Call,
+                                 *, probe: bool) -> T:
         permit = await self._permit(call)
         try:
             result = await _translated(operation, what=call.what)
@@ -129,24 +129,24 @@ class RetryPolicy:
             self.throttles += 1
             if permit is not None:
                 self.limiter.on_throttle(permit.partition, sent_at=permit.sent_at)  # type: ignore[union-attr]
-            self._endpoint_answered()  # the server is up, just busy
+            self._endpoint_answered(probe)  # the server is up, just busy
             raise
         except ConnectionFailure:
-            self._endpoint_failed()  # no answer: the limiter learns nothing
+            self._endpoint_failed(probe)  # no answer: the limiter learns nothing
             raise
         except TransientError as exc:
             self._answered(permit)
             if exc.status is not None and exc.status < 500:
-                self._endpoint_answered()
+                self._endpoint_answered(probe)
             else:
-                self._endpoint_failed()
+                self._endpoint_failed(probe)
             raise
         except TransferError:
             self._answered(permit)  # a permanent error is still an answer
-            self._endpoint_answered()
+            self._endpoint_answered(probe)
             raise
         self._answered(permit)
-        self._endpoint_answered()
+        self._endpoint_answered(probe)
         if self.budget is not None:
             self.budget.on_success(retry_cost=call.retry_cost)
         return result
@@ -160,13 +160,13 @@ class RetryPolicy:
         if permit is not None and self.limiter is not None:
             self.limiter.on_success(permit.partition)
 
-    def _endpoint_answered(self) -> None:
+    def _endpoint_answered(self, probe: bool) -> None:
         if self.breaker is not None:
-            self.breaker.record_success()
+            self.breaker.record_success(probe=probe)
 
-    def _endpoint_failed(self) -> None:
+    def _endpoint_failed(self, probe: bool) -> None:
         if self.breaker is not None:
-            self.breaker.record_failure()
+            self.breaker.record_failure(probe=probe)
 
     # ------------------------------------------------------- between attempts
     def _stop(self, state: RetryCallState, call: _Call) -> bool:
