@@ -67,6 +67,21 @@ def test_errors_a_later_attempt_can_cure_are_transient_on_both_data_paths(code, 
         assert (error.code, error.status) == (code, status)
 
 
+def test_a_redirect_names_the_buckets_region_and_a_temporary_one_is_retried():
+    """Wrong s3.region: S3 answers 301 PermanentRedirect with x-amz-bucket-region; the
+    control plane follows it (botocore's redirector), the data path does not, so the
+    error must say where the bucket is. A 307 (a new bucket's DNS) is temporary."""
+    moved = error_from_response(
+        status=301, reason="Moved Permanently", headers={"x-amz-bucket-region": "eu-west-1"},
+        body=error_document("PermanentRedirect"), what="PUT s3://b/k")
+    assert type(moved) is PermanentError
+    assert "the bucket is in eu-west-1: set s3.region: eu-west-1" in str(moved)
+    temporary = error_from_response(
+        status=307, reason="Temporary Redirect", headers={"x-amz-bucket-region": "eu-west-1"},
+        body=error_document("TemporaryRedirect"), what="PUT s3://b/k")
+    assert type(temporary) is TransientError
+
+
 async def test_a_skewed_clock_is_retried_until_the_clock_is_right():
     operation = Script(client_error("RequestTimeTooSkewed", 403),
                        client_error("RequestTimeTooSkewed", 403))

@@ -70,10 +70,20 @@ def translate(exc: BaseException, *, what: str) -> TransferError:
 
 
 def classify_http(*, status: int, code: str | None, message: str, what: str,
-                  retry_after: float | None = None) -> TransferError:
-    """Classify an S3 error response by status and error code."""
+                  retry_after: float | None = None,
+                  bucket_region: str | None = None) -> TransferError:
+    """Classify an S3 error response by status and error code.
+
+    `bucket_region`: S3's `x-amz-bucket-region` header, which a redirect (301
+    PermanentRedirect: the bucket is in another region than `s3.region`) carries.
+    """
     code = code or f"HTTP{status}"
     text = f"{what}: {code} (HTTP {status}): {message}".rstrip(": ")
+    if bucket_region:
+        text += f"; the bucket is in {bucket_region}: set s3.region: {bucket_region}"
+    if status == 307:
+        # TemporaryRedirect: a new bucket's DNS is not everywhere yet; it will be.
+        return TransientError(text, code=code, status=status, retry_after=retry_after)
     if code in THROTTLE_CODES or status in THROTTLE_STATUSES:
         return ThrottleError(text, code=code, status=status, retry_after=retry_after)
     if code in TRANSIENT_CODES or status in TRANSIENT_STATUSES:

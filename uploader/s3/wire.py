@@ -93,4 +93,6 @@ def error_from_response(*, status: int, reason: str, headers: Mapping[str, str],
     code, message = parse_error_document(body)
     lowered = {name.lower(): value for name, value in headers.items()}
     return classify_http(status=status, code=code, message=message or reason, what=what,
-                         retry_after=parse_retry_after(lowered))
+                         retry_after=parse_retry_after(lowered),
+                         bucket_region=lowered.get("x-amz-bucket-region") if 300 <= status < 400
+                         else None)
