@@ -213,3 +213,26 @@ async def test_connections_are_kept_alive_and_bounded_by_concurrency(
     assert fault_proxy.count(method="PUT", forwarded=True, ok=True) == 120
     # 4 workers' PUTs + the control plane's few: far fewer connections than requests.
     assert fault_proxy.counters()["connections"] <= 4 + 1 + 4 + 2
+
+
+async def test_the_data_path_goes_through_the_proxy_botocore_would_use(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy, monkeypatch):
+    """HTTP_PROXY/NO_PROXY from the environment, as botocore reads them for the control
+    plane: the data path's PUTs went straight to S3, which fails where only a proxy
+    reaches out. The fault proxy takes absolute-form requests, as a forward proxy."""
+    (tmp_path / "a.txt").write_bytes(b"through the proxy")
+    monkeypatch.setenv("HTTP_PROXY", fault_proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    config = make_config(tmp_path, s3_server.endpoint_url, bucket)
+    async with services(config, journal=Journal(":memory:")) as svc:
+        assert await svc.pipeline.process(tmp_path / "a.txt", "a.txt") is Outcome.UPLOADED
+    puts = fault_proxy.records(method="PUT")
+    assert len(puts) == 1 and sent_by_aiohttp(puts[0]) and puts[0].ok
+    assert s3.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"through the proxy"
+
+    fault_proxy.reset_log()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the endpoint's host: no proxy
+    async with services(config, journal=Journal(":memory:")) as svc:
+        assert await svc.pipeline.process(tmp_path / "a.txt", "b.txt") is Outcome.UPLOADED
+    assert fault_proxy.records() == []

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Mapping, Protocol
 
 import aiohttp
 from botocore.httpsession import ProxyConfiguration, get_cert_path
+from botocore.utils import get_environ_proxies
 from yarl import URL
 
 from uploader.config import MAX_CONCURRENCY, Config
@@ -95,7 +96,7 @@ class AiohttpDataPath:
         model = client.meta.service_model
         self._put_headers = HeaderMap(model.operation_model("PutObject"))
         self._part_headers = HeaderMap(model.operation_model("UploadPart"))
-        self._proxies = ProxyConfiguration(proxies=getattr(client.meta.config, "proxies", None))
+        self._configured_proxies = getattr(client.meta.config, "proxies", None)
 
     async def endpoint(self, bucket: str) -> BucketEndpoint:
         return (await self._bucket(bucket))[0]
@@ -105,9 +106,17 @@ class AiohttpDataPath:
         if found is None:
             endpoint = await resolve_endpoint(self._client, bucket)
             signer = RequestSigner(credentials=self._credentials, endpoint=endpoint)
-            found = (endpoint, signer, self._proxies.proxy_url_for(endpoint.base))
+            found = (endpoint, signer, self._proxy_for(endpoint.base))
             self._buckets[bucket] = found
         return found
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy botocore would use for `url`: the client's `proxies` if configured,
+        else the environment's (HTTP_PROXY, HTTPS_PROXY, honouring NO_PROXY)."""
+        proxies = self._configured_proxies
+        if proxies is None:
+            proxies = get_environ_proxies(url)
+        return ProxyConfiguration(proxies=proxies).proxy_url_for(url)
 
     async def put_object(self, *, bucket: str, key: str, body: Body,
                          params: Mapping[str, Any], what: str) -> str:
