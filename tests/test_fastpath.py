@@ -236,3 +236,44 @@ async def test_the_data_path_goes_through_the_proxy_botocore_would_use(
     async with services(config, journal=Journal(":memory:")) as svc:
         assert await svc.pipeline.process(tmp_path / "a.txt", "b.txt") is Outcome.UPLOADED
     assert fault_proxy.records() == []
+
+
+async def test_a_body_the_server_stops_reading_fails_after_the_read_timeout(tmp_path, s3_env):
+    """A peer that accepts a PUT and then reads nothing (a dead path, a zero window): the
+    body's write makes no progress. Without a limit the worker waited as long as TCP
+    does (minutes, or for ever); it must fail after `read_timeout_seconds`, to be
+    retried."""
+    import asyncio
+    import socket
+    import time
+
+    from uploader.s3errors import translate
+    from uploader.errors import TransientError
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # keep the connection open, read nothing
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(never_reads, sock=listener)
+    port = listener.getsockname()[1]
+    config = make_config(tmp_path, f"http://127.0.0.1:{port}", "stalled",
+                         transfer={"read_timeout_seconds": 1})
+    try:
+        async with open_s3(config) as s3:
+            started = time.monotonic()
+            with pytest.raises(Exception) as caught:
+                await asyncio.wait_for(s3.data.put_object(
+                    bucket="stalled", key="k", body=bytes(64 * MiB), params={},
+                    what="PUT s3://stalled/k"), 30)
+            elapsed = time.monotonic() - started
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert elapsed < 10, elapsed
+    assert isinstance(translate(caught.value, what="PUT"), TransientError), caught.value

@@ -16,6 +16,7 @@ rate limiter, the retry budget and the circuit breaker see no difference.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import ssl
@@ -36,6 +37,10 @@ from uploader.s3.wire import MAX_ERROR_BODY, HeaderMap, error_from_response
 KEEPALIVE_SECONDS = 15.0
 # Bodies from this size go out in a write of their own, not copied behind the head.
 SEPARATE_WRITE_FROM = 64 * 1024
+# A large body goes out in writes of this size, each allowed `read_timeout_seconds`:
+# a peer that stops reading (a dead path, a zero window) would otherwise hold the
+# write for as long as TCP waits (aiohttp's read timeout starts after the body).
+WRITE_CHUNK = 1024 * 1024
 
 
 Body = bytes | memoryview  # a small file read whole, or a view of a reused part buffer
@@ -88,9 +93,12 @@ class AiohttpDataPath:
 
     name = "aiohttp"
 
-    def __init__(self, *, client: Any, http: aiohttp.ClientSession, credentials: Any) -> None:
+    def __init__(self, *, client: Any, http: aiohttp.ClientSession, credentials: Any,
+                 stall_seconds: float | None = None) -> None:
+        """`stall_seconds`: how long sending a body may make no progress."""
         self._client = client  # resolves endpoints; the control plane stays on it
         self._http = http
+        self._stall_seconds = stall_seconds
         self._credentials = credentials
         self._buckets: dict[str, tuple[BucketEndpoint, RequestSigner, str | None]] = {}
         model = client.meta.service_model
@@ -137,7 +145,9 @@ class AiohttpDataPath:
                    headers: dict[str, str], payload: str, what: str) -> str:
         signed = await signer.sign(method="PUT", url=url, headers=headers, payload_hash=payload)
         # encoded=True: the path and query go out exactly as signed (yarl would re-encode).
-        async with self._http.put(URL(url, encoded=True), data=_Body(body), headers=signed,
+        async with self._http.put(URL(url, encoded=True),
+                                  data=_Body(body, stall_seconds=self._stall_seconds),
+                                  headers=signed,
                                   proxy=proxy, allow_redirects=False) as response:
             if response.status >= 300:
                 raise error_from_response(status=response.status, reason=response.reason or "",
@@ -159,9 +169,10 @@ class _Body(aiohttp.BytesPayload):
     loop", concerns compressed writes, which we never ask for.)
     """
 
-    def __init__(self, value: Body) -> None:
+    def __init__(self, value: Body, *, stall_seconds: float | None = None) -> None:
         aiohttp.payload.Payload.__init__(self, value)  # BytesPayload's, minus the warning
         self._size = len(value)
+        self._stall_seconds = stall_seconds
 
     async def write(self, writer: Any) -> None:
         await self.write_with_length(writer, None)
@@ -170,9 +181,15 @@ class _Body(aiohttp.BytesPayload):
         value = self._value
         if content_length is not None and content_length < len(value):
             value = memoryview(value)[:content_length]
-        if len(value) >= SEPARATE_WRITE_FROM:
-            await writer.write(b"")  # flushes the head alone
-        await writer.write(value)
+        if len(value) < SEPARATE_WRITE_FROM:
+            await writer.write(value)
+            return
+        await writer.write(b"")  # flushes the head alone
+        view = memoryview(value)
+        for start in range(0, len(view), WRITE_CHUNK):
+            # A TimeoutError fails the request (aiohttp passes it on): a retry.
+            async with asyncio.timeout(self._stall_seconds):
+                await writer.write(view[start:start + WRITE_CHUNK])
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
@@ -205,7 +222,8 @@ async def open_data_path(config: Config, *, client: Any,
     credentials = await session.get_credentials()  # cached by the session: no new lookup
     ca_bundle = session.get_config_variable("ca_bundle")
     async with _http_session(config, tls=_tls(config, ca_bundle=ca_bundle)) as http:
-        data = AiohttpDataPath(client=client, http=http, credentials=credentials)
+        data = AiohttpDataPath(client=client, http=http, credentials=credentials,
+                               stall_seconds=config.transfer.read_timeout_seconds)
         await data.endpoint(config.s3.bucket)  # resolve once, up front
         yield data
 
