@@ -108,5 +108,7 @@ async def test_the_source_hands_on_files_before_the_scan_ends_and_watches_first(
         await asyncio.gather(task, return_exceptions=True)
     assert first_seen["scans"] == 0
     assert first_seen["listed"] < entries // 10
-    assert source.scans_completed == 1  # the late file came by its event, not a rescan
+    # The late file came by its event, not by a rescan (the first scan may still be
+    # running when it arrives: that is the point).
+    assert source.scans_completed <= 1
     assert submitted.count(late[0]) == 1
