@@ -311,3 +311,41 @@ async def test_a_complete_whose_answer_was_lost_is_recognised_not_failed(
                                             None if repeat != "NoSuchUpload" else "error"]
     assert fault_proxy.count(method="DELETE") == 0  # nothing aborted
     assert s3.get_object(Bucket=bucket, Key="in/big.bin")["Body"].read() == data
+
+
+async def test_the_journal_forgets_files_finished_long_ago_and_gone_since(
+        tmp_path, s3_server, s3_env, bucket):
+    """Deleted or moved after upload, their rows would stay for ever: an outbox of unique
+    names would grow the journal without bound. Rows of files still there, of recent
+    ones, and of unfinished ones stay."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    kept = tmp_path / "still-here.txt"
+    kept.write_text("x")
+    for name, status in [("gone-1.txt", "uploaded"), ("gone-2.txt", "skipped"),
+                         ("gone-3.txt", "enqueued"), ("still-here.txt", "uploaded"),
+                         ("gone-pending.txt", "pending"), ("gone-failed.txt", "failed")]:
+        journal.set_state(str(tmp_path / name), size=1, mtime_ns=1, key=name, status=status)
+    config = make_config(tmp_path, s3_server.endpoint_url, bucket, region=s3_server.region)
+    async with services(config, journal=journal) as svc:
+        janitor = Janitor(ctx=svc.pipeline.ctx, prefix="in/", abort_after_seconds=86400,
+                          forget_after_seconds=3600)
+        assert await janitor.forget_gone_files() == 0  # all finished just now
+        week_later = time.time() + 7 * 86400
+        janitor = Janitor(ctx=svc.pipeline.ctx, prefix="in/", abort_after_seconds=86400,
+                          forget_after_seconds=3600, now=lambda: week_later)
+        assert await janitor.forget_gone_files() == 3
+        await journal.durable()
+    left = {Path(r.path).name for state in ("uploaded", "skipped", "enqueued", "pending",
+                                             "failed") for r in journal.files_in_state(state)}
+    journal.close()
+    assert left == {"still-here.txt", "gone-pending.txt", "gone-failed.txt"}
+
+
+async def test_forgetting_goes_through_a_large_journal_in_batches(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    for i in range(2500):
+        journal.set_state(str(tmp_path / f"gone-{i:05d}"), size=1, mtime_ns=1, key=str(i),
+                          status="uploaded")
+    assert await journal.forget_gone(finished_before=time.time() + 1, batch=1000) == 2500
+    assert journal.counts()["uploaded"] == 0
+    journal.close()

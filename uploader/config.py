@@ -371,6 +371,10 @@ class JanitorConfig(Section):
     abort_after_seconds: Number = Field(
         86400.0, gt=0, description="Only uploads started at least this long ago are aborted, "
         "so uploads another instance or tool is still writing are left alone.")
+    forget_after_seconds: Number = Field(
+        7 * 86400.0, gt=0, description="The journal's rows of files finished (uploaded, "
+        "skipped, enqueued) at least this long ago whose file is gone (deleted or moved after "
+        "upload) are deleted at each janitor run, so the journal does not grow for ever.")
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

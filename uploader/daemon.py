@@ -153,4 +153,5 @@ def _dirs_inside(config: Config) -> tuple:
 def _janitor(config: Config, svc: Services) -> Janitor:
     return Janitor(ctx=svc.pipeline.ctx, prefix=config.s3.prefix,
                    abort_after_seconds=config.janitor.abort_after_seconds,
-                   parked_resume_here=config.source.type == "directory")
+                   parked_resume_here=config.source.type == "directory",
+                   forget_after_seconds=config.janitor.forget_after_seconds)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,20 @@ class Enqueuer:
         return entry
 
 
+async def _forget_gone_files(journal: Journal, config: Config) -> None:
+    """As the daemon's janitor does: `enqueued` rows of files gone since (the fleet
+    deleted or moved them) are forgotten, so the journal does not grow for ever."""
+    janitor = config.janitor
+    if not janitor.enabled:
+        return
+    while True:
+        forgotten = await journal.forget_gone(
+            finished_before=time.time() - janitor.forget_after_seconds)
+        if forgotten:
+            log.info("the journal forgot %d enqueued file(s) gone since", forgotten)
+        await asyncio.sleep(janitor.interval_seconds)
+
+
 def _published(previous: FileRecord | None, signature: Signature) -> bool:
     """Enqueued before, and the same file since: size, mtime, and (when journaled)
     inode and ctime, which change when other bytes take the path with size and mtime
@@ -155,12 +170,13 @@ async def run_enqueue(config: Config, stop: asyncio.Event) -> int:
                                       settle_seconds=source.settle_seconds,
                                       rescan_interval_seconds=source.rescan_interval_seconds)
             watching = asyncio.create_task(watcher.run(), name="enqueue-watcher")
+            upkeep = asyncio.create_task(_forget_gone_files(journal, config), name="upkeep")
             log.info("watching %s, enqueuing to %s", source.directory, source.queue_url)
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (watching, stopped):
+            for task in (watching, stopped, upkeep):
                 task.cancel()
-            await asyncio.gather(watching, stopped, return_exceptions=True)
+            await asyncio.gather(watching, stopped, upkeep, return_exceptions=True)
             await enqueuer.flush()
             if not watching.cancelled() and watching.exception() is not None:
                 raise watching.exception()  # the watcher died: say so and exit non-zero

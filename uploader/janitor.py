@@ -45,11 +45,13 @@ class SweepReport:
 
 class Janitor:
     def __init__(self, *, ctx: TransferContext, prefix: str, abort_after_seconds: float,
-                 parked_resume_here: bool = True,
+                 parked_resume_here: bool = True, forget_after_seconds: float | None = None,
                  now: Callable[[], float] = time.time) -> None:
-        """`parked_resume_here`: False when parked uploads may be finished elsewhere (SQS)."""
+        """`parked_resume_here`: False when parked uploads may be finished elsewhere (SQS).
+        `forget_after_seconds`: see `forget_gone_files` (None: never)."""
         self.ctx = ctx
         self.parked_resume_here = parked_resume_here
+        self.forget_after_seconds = forget_after_seconds
         self.prefix = prefix
         self.abort_after_seconds = abort_after_seconds
         self._now = now
@@ -61,7 +63,19 @@ class Janitor:
                 await self.sweep()
             except TransferError as exc:
                 log.warning("janitor: could not list multipart uploads: %s", exc)
+            await self.forget_gone_files()
             await asyncio.sleep(interval_seconds)
+
+    async def forget_gone_files(self) -> int:
+        """The journal forgets files finished long ago that are gone (`Journal.forget_gone`)."""
+        if self.forget_after_seconds is None:
+            return 0
+        forgotten = await self.ctx.journal.forget_gone(
+            finished_before=self._now() - self.forget_after_seconds)
+        if forgotten:
+            log.info("janitor: the journal forgot %d file(s) finished over %.0f days ago and "
+                     "gone since", forgotten, self.forget_after_seconds / 86400)
+        return forgotten
 
     async def sweep(self) -> SweepReport:
         report = SweepReport()

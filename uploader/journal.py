@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import astuple, dataclass, fields
@@ -77,6 +78,7 @@ ADDED_COLUMNS = {
 }
 
 JOURNAL_FILE = "journal.sqlite3"  # in state_dir
+FORGET_BATCH = 1000  # rows looked at per event-loop turn by forget_gone
 
 # File states. `uploading` is written when a transfer starts, so a crash leaves
 # evidence that the object may or may not exist yet.
@@ -292,6 +294,32 @@ class Journal:
             (PENDING, time.time(), FAILED))
         self._written()
         return cursor.rowcount
+
+    async def forget_gone(self, *, finished_before: float, batch: int = FORGET_BATCH) -> int:
+        """Delete the rows of files finished (uploaded, skipped, enqueued) before
+        `finished_before` whose file no longer exists; return how many.
+
+        Nothing can be sent twice for a file that is gone (deleted or moved after its
+        upload, as `after_upload` does), and kept for ever such rows grow the journal
+        without bound. A file that comes back later is a new file. Done in batches of
+        paths, each followed by a turn of the event loop (a stat per row).
+        """
+        forgotten, after = 0, ""
+        while True:
+            rows = self._db.execute(
+                "SELECT path FROM files WHERE path > ? AND status IN (?, ?, ?)"
+                " AND updated_at < ? ORDER BY path LIMIT ?",
+                (after, UPLOADED, SKIPPED, ENQUEUED, finished_before, batch)).fetchall()
+            gone = [path for (path,) in rows if not os.path.lexists(path)]
+            for path in gone:
+                self._write("DELETE FROM files WHERE path = ?", (path,))
+            if gone:
+                self._written()
+            forgotten += len(gone)
+            if len(rows) < batch:
+                return forgotten
+            after = rows[-1][0]
+            await asyncio.sleep(0)
 
     # -- multipart uploads -------------------------------------------------
 
