@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -229,6 +230,8 @@ def test_enqueue_publishes_settled_files_once(daemon_config, daemon_factory, mot
 
     enqueuer = daemon_factory(config, subcommand="enqueue", env=moto_server.env())
     wait_until(lambda: queue.depth() == 2, what="two messages")
+    enqueuer.process.send_signal(signal.SIGHUP)  # log rotation: must not kill it
+    time.sleep(0.5)
     assert enqueuer.process.poll() is None, enqueuer.log()
     assert "latin-1-\\xe9.txt: the file name is not valid UTF-8" in enqueuer.log()
     assert enqueuer.terminate() == 0

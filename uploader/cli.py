@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import sqlite3
 import sys
 from importlib.metadata import version
@@ -111,10 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_sighup() -> None:
+    """A long-running command must not die of SIGHUP (log rotation and supervisors send
+    it): ignored until the daemon's reload handler takes it, and after it lets go."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from uploader.daemon import run_daemon
     from uploader.s3client import check_aws_settings
 
+    _ignore_sighup()
     config = load_config(args.config)
     check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format,
@@ -127,6 +135,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from uploader.enqueue import run_enqueue
     from uploader.s3client import check_aws_settings
 
+    _ignore_sighup()
     config = load_config(args.config)
     check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format)

@@ -65,6 +65,7 @@ async def operations(config: Config, *, svc: Services, workers: Workforce,
     finally:
         if config_path is not None:
             loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # asyncio restored the default: death
         for task in tasks:
             task.cancel()
         for task in tasks:
