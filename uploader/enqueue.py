@@ -140,15 +140,12 @@ async def _forget_gone_files(journal: Journal, config: Config) -> None:
 
 
 def _published(previous: FileRecord | None, signature: Signature) -> bool:
-    """Enqueued before, and the same file since: size, mtime, and (when journaled)
-    inode and ctime, which change when other bytes take the path with size and mtime
-    kept (cp -p, rsync -t)."""
+    """Enqueued before, and the same file since (size, mtime, and its identity)."""
     if previous is None or previous.status != ENQUEUED:
         return False
     if (previous.size, previous.mtime_ns) != (signature.size, signature.mtime_ns):
         return False
-    return previous.ctime_ns is None or (previous.inode, previous.ctime_ns) == (
-        signature.inode, signature.ctime_ns)
+    return previous.same_identity(signature.inode, signature.ctime_ns)
 
 
 async def run_enqueue(config: Config, stop: asyncio.Event) -> int:

@@ -108,6 +108,15 @@ class FileRecord:
     inode: int | None = None
     ctime_ns: int | None = None
 
+    def same_identity(self, inode: int, ctime_ns: int | None) -> bool:
+        """Is the file now at the path the one this row recorded? Size and mtime survive
+        cp -p, rsync -t and tar -x putting other bytes under the path; the inode (another
+        file took the path) or the ctime (rewritten in place) does not. A row from
+        before these were journaled (or a stat without ctime) is trusted as it is."""
+        if self.inode is None or self.ctime_ns is None or ctime_ns is None:
+            return True
+        return (self.inode, self.ctime_ns) == (inode, ctime_ns)
+
 
 FILE_COLUMNS = ", ".join(field.name for field in fields(FileRecord))
 

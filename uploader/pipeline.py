@@ -163,9 +163,9 @@ class Pipeline:
         return await self._upload(job, previous)
 
     def _already_done(self, previous: FileRecord | None, job: FileJob) -> bool:
-        """Uploaded before under this key, and the same file since (`_same_file`)."""
+        """Uploaded before under this key, and the same file since."""
         return (previous is not None and _uploaded_as(previous, job)
-                and _same_file(previous, job))
+                and previous.same_identity(job.signature.inode, job.signature.ctime_ns))
 
     def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
         """A file that failed since this process started is not retried until it changes."""
@@ -345,16 +345,6 @@ def _uploaded_as(previous: FileRecord | None, job: FileJob) -> bool:
     return (previous is not None and previous.status == UPLOADED
             and previous.key == job.key and previous.size == job.size
             and previous.mtime_ns == job.signature.mtime_ns)
-
-
-def _same_file(previous: FileRecord, job: FileJob) -> bool:
-    """Size and mtime survive cp -p, rsync -t and tar -x putting other bytes under the
-    path; the inode (another file took the path) or the ctime (rewritten in place)
-    does not. A row from before these were journaled is trusted on size and mtime."""
-    if previous.inode is None or previous.ctime_ns is None or job.signature.ctime_ns is None:
-        return True
-    return (previous.inode, previous.ctime_ns) == (job.signature.inode,
-                                                    job.signature.ctime_ns)
 
 
 def _was_interrupted(previous: FileRecord | None, job: FileJob) -> bool:
