@@ -127,3 +127,26 @@ async def test_concurrent_workers_share_one_bucket_check(tmp_path, s3_server, s3
         await asyncio.gather(*(check.ensure_exists() for _ in range(32)))
         await check.ensure_exists()
     assert fault_proxy.count(method="HEAD", path_prefix=f"/{bucket}") == 1
+
+
+async def test_a_journal_that_cannot_be_written_defers_the_file_and_sends_nothing(
+        tmp_path, s3_server, s3_env, bucket, s3, caplog):
+    """The state volume cannot be written (full, gone read-only): the file's `uploading`
+    row cannot reach the disk, so nothing is sent; the file is deferred (tried again
+    later), said so in one line, not a traceback. Once the journal takes writes, it goes up."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 1000)
+    journal._db.execute("PRAGMA query_only = ON")  # every write fails, as SQLite's own error
+    async with services(make_config(tmp_path, s3_server, bucket), journal=journal) as svc:
+        assert await svc.pipeline.process(path, "data.bin") is Outcome.DEFERRED
+        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+        assert svc.pipeline.totals.failures["journal"] == 1
+        journal._db.execute("PRAGMA query_only = OFF")
+        assert await svc.pipeline.process(path, "data.bin") is Outcome.UPLOADED
+    journal.close()
+    assert s3.get_object(Bucket=bucket, Key="data.bin")["Body"].read() == b"x" * 1000
+    failures = [r for r in caplog.records if "journal cannot be written" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is None
+    assert "readonly database" in failures[0].getMessage()
+    assert str(path) in failures[0].getMessage()

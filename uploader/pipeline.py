@@ -1,7 +1,9 @@
 """One file's way through the uploader: decide, upload, verify, record, clean up.
 
 `Pipeline.process` never raises for a file's own problems: every outcome is
-written to the journal and the log, so one bad file cannot stop the others.
+written to the journal and the log, so one bad file cannot stop the others. Nor
+for a journal that cannot be written (a full or read-only state volume): the
+file is deferred, since nothing is sent before its journal row is on disk.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +135,8 @@ class Pipeline:
                 with self._admitted(self.ctx.partition_of(key)):
                     outcome, result = await self._process(path, relative, key, metadata or {},
                                                           signature)
+            except sqlite3.Error as exc:
+                outcome, result = self._journal_failed(path, key, exc), None
             finally:
                 unbind_log_context(context)
         else:
@@ -140,6 +145,14 @@ class Pipeline:
         for listener in self.listeners:
             listener(path, outcome, result, time.monotonic() - started)
         return outcome
+
+    def _journal_failed(self, path: Path, key: str, exc: sqlite3.Error) -> Outcome:
+        """Deferred: no request goes out before the file's row is on disk, and an
+        upload finished but not recorded is found in S3 next time (look-first)."""
+        log.error("the journal cannot be written (%s); %s is tried again later", exc, path,
+                  extra={"file": str(path), "key": key})
+        self.totals.failures["journal"] += 1
+        return Outcome.DEFERRED
 
     async def _process(self, path: Path, relative: str, key: str, metadata: dict[str, str],
                        signature: Signature | None) -> tuple[Outcome, UploadResult | None]:
