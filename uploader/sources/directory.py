@@ -17,13 +17,17 @@ front), so a file that lands after its folder's listing raises an event, and
 the first files of a tree with a million of them go on within milliseconds
 instead of after a walk of the whole tree.
 
-On systems without inotify, rescans alone find files (documented).
+On systems without inotify, or when the user's inotify limits are reached
+(`fs.inotify.max_user_instances`, `max_user_watches`: shared by every process of
+the user, all root containers of a host together), rescans alone find files, in
+the folders they could not watch; the log names the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -74,20 +78,33 @@ class DirectorySource:
         self._subtrees: list[Path] = []
         self._ready = asyncio.Event()
         self._inotify: "Inotify | None" = None
+        self._watch_limit_reached = False  # warned once: fs.inotify.max_user_watches
         self.scans_completed = 0
 
     async def run(self) -> None:
         """Watch, scan and settle until cancelled."""
         with contextlib.ExitStack() as stack:
-            if Inotify is not None:
-                self._inotify = stack.enter_context(Inotify())
-            else:
-                log.warning("inotify is not available; finding files by rescans only")
+            self._inotify = self._open_inotify(stack)
             async with asyncio.TaskGroup() as group:
                 if self._inotify is not None:
                     group.create_task(self._watch(self._inotify), name="watch")
                 group.create_task(self._rescan_loop(), name="rescan")
                 group.create_task(self._settle_loop(), name="settle")
+
+    def _open_inotify(self, stack: contextlib.ExitStack) -> "Inotify | None":
+        """An inotify instance, or None (with a warning saying why) to rely on rescans."""
+        reason = "inotify is not available"
+        if Inotify is not None:
+            try:
+                return stack.enter_context(Inotify())
+            except OSError as exc:
+                reason = f"cannot use inotify: {exc.strerror or exc}"
+                if exc.errno == errno.EMFILE:
+                    reason += (" (the per-user limit on inotify instances, "
+                               "fs.inotify.max_user_instances, is reached)")
+        log.warning("%s; finding files by rescans only, every %g s "
+                    "(source.rescan_interval_seconds)", reason, self.rescan_interval)
+        return None
 
     def resettle(self, path: Path) -> None:
         """A file changed during its upload: wait for it to settle again."""
@@ -193,16 +210,30 @@ class DirectorySource:
         for directory in self.walker.directories(top):
             self._add_watch(inotify, directory, mask)
 
-    @staticmethod
-    def _add_watch(inotify: "Inotify", directory: Path, mask: "Mask") -> None:
+    def _add_watch(self, inotify: "Inotify", directory: Path, mask: "Mask") -> None:
         try:
             watch = inotify.add_watch(directory, mask)  # again on a rescan: the same watch
         except OSError as exc:
-            log.warning("cannot watch %s (%s); rescans will cover it", directory, exc)
+            self._cannot_watch(directory, exc)
             return
         # A watch follows its folder's inode; after a rename it is found again under
         # the new path, and its events must name files by that path from now on.
         watch.path = directory
+
+    def _cannot_watch(self, directory: Path, exc: OSError) -> None:
+        if exc.errno != errno.ENOSPC:
+            log.warning("cannot watch %s (%s); rescans will cover it", directory,
+                        exc.strerror or exc)
+        elif not self._watch_limit_reached:
+            # ENOSPC here is no full disk. Said once: past the limit, every folder of
+            # every rescan would say it again.
+            self._watch_limit_reached = True
+            log.warning("cannot watch %s and folders after it: the per-user limit on "
+                        "inotify watches (fs.inotify.max_user_watches) is reached; rescans "
+                        "will cover them, every %g s (source.rescan_interval_seconds)",
+                        directory, self.rescan_interval)
+        else:
+            log.debug("cannot watch %s: inotify watch limit", directory)
 
     def _on_event(self, inotify: "Inotify", event: object, mask: "Mask") -> None:
         kind = event.mask  # type: ignore[attr-defined]
