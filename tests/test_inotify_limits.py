@@ -6,7 +6,8 @@ real, held for the test and released: `fs.inotify.max_user_instances` (128 by
 default: inotify_init answers EMFILE, "Too many open files") and
 `fs.inotify.max_user_watches` (inotify_add_watch answers ENOSPC, "No space left
 on device", though no disk is full). Files must still be found, by rescans, and
-the log must name the limit.
+the log must name the limit. (The suite runs one test at a time: in parallel,
+these would starve the inotify of every other test while they hold the limit.)
 """
 
 from __future__ import annotations
