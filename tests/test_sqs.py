@@ -125,7 +125,8 @@ def test_three_uploaders_drain_a_queue_exactly_once_despite_a_sigkill(
     # can come late under load, a message then reappears to a second process and, at the
     # third receive, goes to the DLQ although its file was uploaded exactly once.
     config = sqs_config(visibility_timeout_seconds=10)
-    fleet = [daemon_factory(config) for _ in range(3)]
+    fleet = [daemon_factory(config, env={"UPLOADER_STATE_DIR": str(tmp_path / f"state-{n}")})
+             for n in range(3)]  # each instance its own state_dir: one would refuse the others
 
     fault_proxy.wait_for(300, timeout=120, where=lambda r: r.is_put_object and r.ok)
     fleet[0].process.kill()  # its messages in hand reappear after the visibility timeout

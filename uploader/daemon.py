@@ -38,7 +38,7 @@ async def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
         if root is None or not root.is_dir():
             raise ConfigError(f"source.directory: {root} is not an existing directory")
     stop = stop_event()
-    journal = Journal.in_state_dir(config.state_dir)
+    journal = Journal.in_state_dir(config.state_dir, owner="uploader run")
     try:
         async with services(config, journal=journal) as svc, _source(config, svc) as source, \
                 operations(config, svc=svc, workers=source.workers,

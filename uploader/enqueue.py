@@ -154,7 +154,7 @@ async def run_enqueue(config: Config, stop: asyncio.Event) -> int:
         raise ConfigError(f"source.directory: {source.directory} is not an existing directory")
     if not source.queue_url:
         raise ConfigError("source.queue_url: required for `uploader enqueue`")
-    journal = Journal.in_state_dir(config.state_dir)
+    journal = Journal.in_state_dir(config.state_dir, owner="uploader enqueue")
     try:
         async with open_sqs_client(config) as client:
             await check_queue(client, source.queue_url)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from uploader.errors import ConfigError
+from uploader.state_lock import StateDirLock
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class Journal:
         self._add_missing_columns()
         self._in_transaction = False
         self._batch: asyncio.Future[None] | None = None  # the commit the open batch awaits
+        self._owner_lock: StateDirLock | None = None  # held from `in_state_dir` to `close`
         self.writes = 0
         self.commits = 0
 
@@ -188,9 +190,12 @@ class Journal:
         return missing
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path, *, create: bool = True) -> "Journal":
+    def in_state_dir(cls, state_dir: Path, *, create: bool = True,
+                     owner: str | None = None) -> "Journal":
         """The journal in `state_dir` (made if missing, unless `create` is false).
 
+        `owner` (e.g. "uploader run"): the state_dir is this process's alone until
+        `close` (`StateDirLock`); ConfigError naming the holder if it is taken.
         Raises ConfigError naming state_dir when it cannot be opened: a read-only or
         full filesystem, a file where the folder should be, a corrupt journal.
         """
@@ -198,17 +203,27 @@ class Journal:
         if not create and not path.exists():
             raise ConfigError(f"state_dir: no journal at {path}; has the daemon run with "
                               "this configuration?")
+        lock = None
         try:
             if create:
                 state_dir.mkdir(parents=True, exist_ok=True)
-            return cls(path)
+            if owner is not None:
+                lock = StateDirLock.take(state_dir, owner=owner)
+            journal = cls(path)
         except (OSError, sqlite3.Error) as exc:
+            if lock is not None:
+                lock.release()
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ConfigError(f"state_dir: cannot open the journal {path}: {reason}") from None
+        journal._owner_lock = lock
+        return journal
 
     def close(self) -> None:
         self._commit_batch()
         self._db.close()
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
 
     # -- group commit ------------------------------------------------------
 
