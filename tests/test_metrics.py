@@ -161,3 +161,39 @@ def test_partition_labels_stay_bounded():
     assert other.rate == sum(float(i) for i in range(1, 90, 2))
     assert other.waiting == 95
     assert top_partitions({}, limit=5) == []
+
+
+@pytest.mark.timeout(90)
+def test_rescans_pass_over_files_already_uploaded_but_not_over_changed_ones(
+        daemon_config, daemon_factory, s3, bucket, tmp_path):
+    """A rescan finds every file again; those journaled as uploaded, and the same file
+    since, are passed over (not handed to the workers nor counted as handled again:
+    at a million files, every rescan would otherwise count a million). One rewritten
+    with its size and mtime put back while the daemon was down is not."""
+    config = daemon_config(source={"rescan_interval_seconds": 0.3},
+                           logging={"level": "DEBUG"}, janitor={"enabled": False})
+    outbox = tmp_path / "outbox"
+    write(outbox, {f"f{i:02d}.bin": os.urandom(100 + i) for i in range(20)})
+    daemon = daemon_factory(config)
+    base = endpoint(daemon)
+    wait_for_metric(base, lambda p: uploaded(p) == 20, what="20 uploads")
+    scans = daemon.log().count("scanned 20 files below")
+    wait_until(lambda: daemon.log().count("scanned 20 files below") >= scans + 3,
+               what="three rescans since")
+    page = scrape(base)
+    assert page.value("uploader_files_total", 0, outcome="already_uploaded") == 0
+    assert uploaded(page) == 20
+    assert daemon.terminate() == 0
+
+    rewritten = outbox / "f05.bin"
+    before = rewritten.stat()
+    new_bytes = os.urandom(before.st_size)
+    rewritten.write_bytes(new_bytes)
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = daemon_factory(config)
+    wait_until(lambda: s3.get_object(Bucket=bucket, Key="incoming/f05.bin")["Body"].read()
+               == new_bytes, what="the rewritten file uploaded")
+    page = scrape(endpoint(again))
+    assert uploaded(page) == 1
+    assert page.value("uploader_files_total", 0, outcome="already_uploaded") == 0
+    assert again.terminate() == 0

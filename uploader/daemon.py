@@ -78,7 +78,8 @@ class _DirectoryRun:
                             ignore_dirs=_dirs_inside(config))
         self.watcher = DirectorySource(
             walker=walker, submit=svc.pool.submit, settle_seconds=config.source.settle_seconds,
-            rescan_interval_seconds=config.source.rescan_interval_seconds)
+            rescan_interval_seconds=config.source.rescan_interval_seconds,
+            known_uploaded=svc.pipeline.known_uploaded)
         self.workers = self.pool = svc.pool
         self.pool.on_changed = self.watcher.resettle
         self.root = root

@@ -169,16 +169,23 @@ class Pipeline:
         job = FileJob(path=path, relative=relative, key=key, signature=signature,
                       metadata={**metadata, **self.keys.metadata(relative)})
         previous = self.journal.lookup(str(path))
-        if self._already_done(previous, job):
+        if _already_done(previous, job.key, job.signature):
             return Outcome.ALREADY_UPLOADED, None
         if self._failed_this_run(previous, job):
             return Outcome.FAILED, None
         return await self._upload(job, previous)
 
-    def _already_done(self, previous: FileRecord | None, job: FileJob) -> bool:
-        """Uploaded before under this key, and the same file since."""
-        return (previous is not None and _uploaded_as(previous, job)
-                and previous.same_identity(job.signature.inode, job.signature.ctime_ns))
+    def known_uploaded(self, path: Path, relative: str, signature: Signature) -> bool:
+        """Whether `process` would answer ALREADY_UPLOADED from the journal alone: a
+        rescan passes over such files (one lookup, not a trip through the workers,
+        nor a count in the totals for every file at every rescan)."""
+        if not is_unicode(str(path), relative):
+            return False
+        try:
+            previous = self.journal.lookup(str(path))
+        except sqlite3.Error:
+            return False  # `process` says what is wrong with the journal
+        return _already_done(previous, self.keys.key(relative), signature)
 
     def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
         """A file that failed since this process started is not retried until it changes."""
@@ -355,9 +362,18 @@ def _inside(folder: Path, relative: str) -> Path:
 
 def _uploaded_as(previous: FileRecord | None, job: FileJob) -> bool:
     """Journaled as uploaded under this key with this size and mtime."""
-    return (previous is not None and previous.status == UPLOADED
-            and previous.key == job.key and previous.size == job.size
-            and previous.mtime_ns == job.signature.mtime_ns)
+    return _uploaded_with(previous, job.key, job.signature)
+
+
+def _uploaded_with(previous: FileRecord | None, key: str, signature: Signature) -> bool:
+    return (previous is not None and previous.status == UPLOADED and previous.key == key
+            and previous.size == signature.size and previous.mtime_ns == signature.mtime_ns)
+
+
+def _already_done(previous: FileRecord | None, key: str, signature: Signature) -> bool:
+    """Uploaded before under this key, and the same file since."""
+    return (previous is not None and _uploaded_with(previous, key, signature)
+            and previous.same_identity(signature.inode, signature.ctime_ns))
 
 
 def _was_interrupted(previous: FileRecord | None, job: FileJob) -> bool:

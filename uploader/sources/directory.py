@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # (path, path relative to the root, its stat as just seen)
 Submit = Callable[[Path, str, Signature | None], Awaitable[None]]
+# Whether a file a rescan finds is known to be uploaded as it is (then not submitted).
+KnownUploaded = Callable[[Path, str, Signature], bool]
 SETTLE_TICK_SECONDS = 0.1
 
 
@@ -59,12 +61,13 @@ class _Settling:
 
 class DirectorySource:
     def __init__(self, *, walker: TreeWalker, submit: Submit, settle_seconds: float,
-                 rescan_interval_seconds: float,
+                 rescan_interval_seconds: float, known_uploaded: KnownUploaded | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.walker = walker
         self.root = walker.root
         self.submit = submit
+        self.known_uploaded = known_uploaded
         self.settle_seconds = settle_seconds
         self.rescan_interval = rescan_interval_seconds
         self.follow_symlinks = walker.follow_symlinks
@@ -141,7 +144,10 @@ class DirectorySource:
             if path in self._settling or self._still_writing(path):
                 continue
             if self._wall_clock() - st.st_mtime >= self.settle_seconds:
-                await self.submit(path, relative, Signature.of(st))
+                signature = Signature.of(st)
+                if self.known_uploaded is None or not self.known_uploaded(path, relative,
+                                                                          signature):
+                    await self.submit(path, relative, signature)
             else:
                 self._consider(path, Signature.of(st))
             if count % 512 == 0:
