@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 from pathlib import Path
 
 from uploader.config import validate_config
@@ -150,3 +152,36 @@ async def test_a_journal_that_cannot_be_written_defers_the_file_and_sends_nothin
     assert len(failures) == 1 and failures[0].exc_info is None
     assert "readonly database" in failures[0].getMessage()
     assert str(path) in failures[0].getMessage()
+
+
+async def test_a_file_that_finds_no_free_descriptor_is_deferred_not_failed(
+        tmp_path, s3_server, s3_env, bucket, s3):
+    """Something else took every descriptor the process may open (EMFILE): a local
+    shortage, not the file's fault. The file waits and goes up once one is free."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    async with services(make_config(tmp_path, s3_server, bucket), journal=journal) as svc:
+        assert await svc.pipeline.process(first, "first.txt") is Outcome.UPLOADED  # connected
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 32, limits[1]))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE
+        try:
+            outcome = await svc.pipeline.process(second, "second.txt")
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        assert outcome is Outcome.DEFERRED
+        assert svc.pipeline.totals.failures["EMFILE"] == 1
+        assert journal.lookup(str(second)).status == "pending"
+        assert await svc.pipeline.process(second, "second.txt") is Outcome.UPLOADED
+    journal.close()
+    assert s3.get_object(Bucket=bucket, Key="second.txt")["Body"].read() == b"second"

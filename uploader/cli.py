@@ -31,6 +31,7 @@ from uploader.config import (
 from uploader.errors import ConfigError
 from uploader.journal import FAILED, PENDING, Journal
 from uploader.logs import setup_logging
+from uploader.open_files import raise_soft_limit
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 CONFIG_HELP = "the YAML configuration"
@@ -39,6 +40,7 @@ log = logging.getLogger("uploader")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    raise_soft_limit()  # as high as allowed: each file in flight holds two descriptors
     try:
         return args.handler(args)
     except ConfigError as exc:

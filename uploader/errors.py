@@ -61,6 +61,11 @@ class ConnectionFailure(TransientError):
     """The endpoint could not be reached or dropped the connection."""
 
 
+class OutOfDescriptors(TransientError):
+    """The process has no free file descriptor (EMFILE, ENFILE): a local shortage that
+    ends as uploads finish, not a fault of the file (`uploader.open_files`)."""
+
+
 class ThrottleError(TransientError):
     """The server asked us to slow down (SlowDown, 503, 429, throttling codes)."""
 

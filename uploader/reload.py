@@ -28,6 +28,7 @@ from uploader.errors import ConfigError
 from uploader.filters import FileFilter
 from uploader.limiter import RateLimiter
 from uploader.logs import set_levels
+from uploader.open_files import fitting_concurrency
 from uploader.sources.directory import DirectorySource
 from uploader.workers import Workforce
 
@@ -140,7 +141,7 @@ class Reloader:
             t.limiter.adaptive = new.rate_limit.adaptive
             current.rate_limit = new.rate_limit.model_copy()
         if "transfer.concurrency" in keys and t.pool is not None:
-            t.pool.resize(new.transfer.concurrency)
+            t.pool.resize(fitting_concurrency(new))
             current.transfer.concurrency = new.transfer.concurrency
         if any(key.startswith("logging.") for key in keys):
             t.set_log_levels(level=new.logging.level, library_level=new.logging.library_level)

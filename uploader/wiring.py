@@ -14,6 +14,7 @@ from uploader.config import Config
 from uploader.journal import Journal
 from uploader.keys import KeyNamer
 from uploader.limiter import RateLimiter
+from uploader.open_files import fitting_concurrency
 from uploader.pipeline import AfterUpload, Pipeline
 from uploader.retry import RetryPolicy
 from uploader.retry_budget import RetryBudget
@@ -53,7 +54,7 @@ async def services(config: Config, *, journal: Journal,
                                                      retry=retry),
                             follow_symlinks=config.source.follow_symlinks,
                             shared_work=config.source.type == "sqs")
-        pool = WorkerPool(pipeline=pipeline, concurrency=t.concurrency,
+        pool = WorkerPool(pipeline=pipeline, concurrency=fitting_concurrency(config),
                           queue_size=max(64, 4 * t.concurrency),
                           retry_later_seconds=(config.retry.retry_later_seconds
                                                if retry_later else None),

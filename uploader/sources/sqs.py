@@ -47,6 +47,7 @@ from aiobotocore.config import AioConfig
 from uploader.config import Config
 from uploader.errors import ConfigError
 from uploader.intake import RECHECK_SECONDS
+from uploader.open_files import fitting_concurrency
 from uploader.pipeline import Outcome, Pipeline
 from uploader.s3.metadata import MetadataError, check_metadata
 from uploader.s3client import tls_verification
@@ -242,7 +243,7 @@ class SqsSource:
         self._wait_time = source.wait_time_seconds
         self._visibility = source.visibility_timeout_seconds
         self._retry_later = min(int(config.retry.retry_later_seconds), 43200)
-        self.concurrency = config.transfer.concurrency
+        self.concurrency = fitting_concurrency(config)
         self._in_hand = 0
         self._slot_freed = asyncio.Event()
         self._handlers: dict[asyncio.Task[None], str] = {}  # -> the message's receipt

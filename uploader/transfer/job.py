@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uploader.errors import SourceChanged, SourceUnreadable, SourceVanished
+from uploader.errors import OutOfDescriptors, SourceChanged, SourceUnreadable, SourceVanished
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ def open_for_upload(job: FileJob) -> int:
     except FileNotFoundError:
         raise SourceVanished(f"{job.path}: the file vanished before it could be uploaded") from None
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise OutOfDescriptors(f"{job.path}: cannot open: {exc.strerror} (the open-files "
+                                   "limit, ulimit -n); tried again later",
+                                   code=errno.errorcode[exc.errno]) from None
         raise SourceUnreadable(f"{job.path}: cannot read: {exc.strerror}") from None
     if Signature.of(os.fstat(fd)) != job.signature:
         os.close(fd)
