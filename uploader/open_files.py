@@ -12,6 +12,7 @@ is tried again (`OutOfDescriptors`, a transient error), never failed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 
@@ -24,16 +25,14 @@ log = logging.getLogger(__name__)
 RESERVED = 64
 
 
-def raise_soft_limit() -> int:
-    """Raise the soft limit on open files to the hard one; the limit now in force."""
+def raise_soft_limit() -> None:
+    """Raise the soft limit on open files to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == hard:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):  # e.g. a sandbox that forbids it: keep the soft one
-        return soft
-    return hard
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. a sandbox that forbids it: keep the soft one
+            pass
 
 
 def descriptors_needed(concurrency: int, parts_in_flight: int) -> int:
@@ -41,17 +40,19 @@ def descriptors_needed(concurrency: int, parts_in_flight: int) -> int:
     return 2 * concurrency + parts_in_flight + RESERVED
 
 
-def fitting_concurrency(config: Config, concurrency: int | None = None) -> int:
-    """`concurrency` (default `transfer.concurrency`), capped at what the open-files
-    limit leaves room for, with a warning when it is cut."""
-    wanted = config.transfer.concurrency if concurrency is None else concurrency
-    parts = config.transfer.max_parts_in_flight
+def fitting_concurrency(config: Config) -> int:
+    """`transfer.concurrency`, capped at what the open-files limit leaves room for."""
+    wanted, parts = config.transfer.concurrency, config.transfer.max_parts_in_flight
     limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = descriptors_needed(wanted, parts)
-    if limit == resource.RLIM_INFINITY or needed <= limit:
+    if limit == resource.RLIM_INFINITY or descriptors_needed(wanted, parts) <= limit:
         return wanted
     fitting = max(1, (limit - RESERVED - parts) // 2)
+    _warn_cut(wanted, descriptors_needed(wanted, parts), limit, fitting)
+    return fitting
+
+
+@functools.cache  # once per process (the worker pool and the SQS source both ask)
+def _warn_cut(wanted: int, needed: int, limit: int, fitting: int) -> None:
     log.warning("transfer.concurrency %d may need up to %d open files, over this process's "
                 "limit of %d (ulimit -n; a container's nofile limit): uploading %d files at "
                 "a time; raise the limit for more", wanted, needed, limit, fitting)
-    return fitting

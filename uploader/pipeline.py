@@ -238,7 +238,7 @@ class Pipeline:
         # journal knowing. Another instance may have, even while our upload was parked.
         # Or the journal has it uploaded, but another file, or one rewritten in place,
         # now holds the path with that size and mtime: S3 is compared with its bytes.
-        if self.shared_work or _uploaded_as(previous, job) or (
+        if self.shared_work or _uploaded_with(previous, job.key, job.signature) or (
                 _was_interrupted(previous, job)
                 and self.journal.find_upload(str(job.path)) is None):
             exists, existing = await look_for_object(self.ctx, job)
@@ -360,12 +360,8 @@ def _inside(folder: Path, relative: str) -> Path:
     return target
 
 
-def _uploaded_as(previous: FileRecord | None, job: FileJob) -> bool:
-    """Journaled as uploaded under this key with this size and mtime."""
-    return _uploaded_with(previous, job.key, job.signature)
-
-
 def _uploaded_with(previous: FileRecord | None, key: str, signature: Signature) -> bool:
+    """Journaled as uploaded under this key with this size and mtime."""
     return (previous is not None and previous.status == UPLOADED and previous.key == key
             and previous.size == signature.size and previous.mtime_ns == signature.mtime_ns)
 
