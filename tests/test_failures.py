@@ -1,5 +1,6 @@
-"""Bad input at run time: the file is marked failed or skipped with the reason, the daemon
-keeps serving the other files, and no source file is ever lost."""
+"""Bad input at run time: the file is marked failed or skipped with the reason (or, for a
+bucket not there yet, waits for it), the daemon keeps serving the other files, and no
+source file is ever lost."""
 
 from __future__ import annotations
 
@@ -25,25 +26,41 @@ def status_of(state_dir: Path, path: Path) -> tuple[str, str | None] | None:
     return entry if entry and entry[0] in ("uploaded", "failed", "skipped") else None
 
 
-@pytest.mark.timeout(60)
-def test_missing_bucket_marks_files_failed_and_keeps_them(daemon_config, daemon_factory,
-                                                          tmp_path):
-    config = daemon_config(s3={"bucket": "no-such-bucket-here"}, after_upload="delete")
+@pytest.mark.timeout(90)
+def test_files_wait_for_a_missing_bucket_and_go_up_once_it_exists(
+        daemon_config, daemon_factory, s3, bucket, tmp_path):
+    """The bucket is not there yet (made by a later step of a deployment, or re-made):
+    no file fails for it. Each waits, pending with the reason, and goes up once the bucket
+    exists, without a restart or `retry-failed`."""
+    late = f"{bucket}-late"
+    config = daemon_config(s3={"bucket": late}, after_upload="delete",
+                           retry={"retry_later_seconds": 0.5})
     source = tmp_path / "outbox" / "report.csv"
     source.write_text("a,b\n1,2\n")
     daemon = daemon_factory(config)
-    state = wait_until(lambda: status_of(tmp_path / "state", source), what="a journal entry",
-                       timeout=30)
-    assert state[0] == "failed"
-    assert "NoSuchBucket" in state[1] and "no-such-bucket-here" in state[1]
-    assert "NoSuchBucket" in daemon.log()
-    assert source.read_text() == "a,b\n1,2\n"  # after_upload: delete never ran
-    # The daemon keeps serving: a file that arrives later is still examined.
+
+    def waiting() -> bool:
+        entry = journal_rows(tmp_path / "state").get(str(source))
+        return entry is not None and entry[0] == "pending" and "NoSuchBucket" in (entry[2] or "")
+
+    wait_until(waiting, what="the file pending for the bucket")
+    assert late in daemon.log() and "NoSuchBucket" in daemon.log()
+    assert source.read_text() == "a,b\n1,2\n"  # after_upload: delete has not run
+    # A file that arrives later waits likewise; the daemon keeps serving.
     later = tmp_path / "outbox" / "later.csv"
     later.write_text("later")
-    wait_until(lambda: status_of(tmp_path / "state", later), what="the later file")
-    assert daemon.process.poll() is None
-    assert daemon.terminate() == 0
+    s3.create_bucket(Bucket=late)
+    try:
+        wait_until(lambda: status_of(tmp_path / "state", source)
+                   == status_of(tmp_path / "state", later) == ("uploaded", None),
+                   what="both files uploaded once the bucket exists")
+        assert object_bytes(s3, late, "incoming/report.csv") == b"a,b\n1,2\n"
+        assert object_bytes(s3, late, "incoming/later.csv") == b"later"
+        wait_until(lambda: not source.exists(), what="after_upload: delete")
+        assert daemon.terminate() == 0
+        assert "failed" not in daemon.log()
+    finally:
+        s3.delete_bucket(Bucket=late)  # SeaweedFS drops a non-empty bucket
 
 
 @pytest.mark.timeout(60)

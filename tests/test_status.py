@@ -45,21 +45,19 @@ def test_status_without_a_journal_says_so(daemon_config):
 
 @pytest.mark.timeout(120)
 def test_failed_files_go_back_in_line_with_retry_failed(daemon_config, daemon_factory,
-                                                        s3_server, s3, tmp_path):
-    """A bucket that did not exist yet: failed; the operator creates it, runs
-    retry-failed, and the next start uploads the file."""
-    late_bucket = f"late-{int(time.time() * 1000) % 10**9}"
-    config = daemon_config(s3={"bucket": late_bucket})
+                                                        s3, bucket, tmp_path):
+    """Refused credentials: failed; the operator fixes them, runs retry-failed, and the
+    daemon started with the right ones uploads the file."""
+    config = daemon_config()
     source = tmp_path / "outbox" / "waiting.txt"
-    source.write_bytes(b"uploaded once the bucket exists")
-    daemon = daemon_factory(config)
+    source.write_bytes(b"uploaded once the credentials are right")
+    daemon = daemon_factory(config, env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
     wait_until(lambda: journal_rows(tmp_path / "state").get(str(source), ("",))[0] == "failed",
                what="the file to fail")
     assert daemon.terminate() == 0
     status = run_cli("status", "--config", str(config)).stdout
-    assert f"failed: {source}:" in status and "NoSuchBucket" in status
+    assert f"failed: {source}:" in status and "SignatureDoesNotMatch" in status
 
-    s3_server.create_bucket(late_bucket)
     retried = run_cli("retry-failed", "--config", str(config))
     assert retried.returncode == 0 and retried.stdout.startswith("1 failed file(s)")
     assert journal_rows(tmp_path / "state")[str(source)][0] == "pending"
@@ -68,4 +66,4 @@ def test_failed_files_go_back_in_line_with_retry_failed(daemon_config, daemon_fa
     wait_until(lambda: journal_rows(tmp_path / "state")[str(source)][0] == "uploaded",
                what="the retried file to upload")
     assert daemon.terminate() == 0
-    assert object_bytes(s3, late_bucket, "incoming/waiting.txt") == source.read_bytes()
+    assert object_bytes(s3, bucket, "incoming/waiting.txt") == source.read_bytes()

@@ -5,6 +5,10 @@ S3-compatible servers silently create the bucket instead. Asking HeadBucket
 first makes both behave the same: no bucket, no upload, a clear reason. A 403
 (credentials allowed to PutObject but not to ListBucket) does not block
 uploads: the PUT itself then gives the real answer.
+
+A missing bucket is a state of the deployment, not of any file (it may be made
+by a later step, or re-made): files wait for it (`BucketMissing` is transient)
+and go up once a recheck finds it, without a restart.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import time
 from typing import Any, Callable
 
-from uploader.errors import PermanentError
+from uploader.errors import BucketMissing, PermanentError
 from uploader.retry import RetryPolicy
 
 
@@ -27,11 +31,11 @@ class BucketCheck:
         self.recheck_seconds = recheck_seconds
         self._clock = clock
         self._checked_at: float | None = None
-        self._missing: PermanentError | None = None
-        self._asking: asyncio.Future[PermanentError | None] | None = None
+        self._missing: BucketMissing | None = None
+        self._asking: asyncio.Future[BucketMissing | None] | None = None
 
     async def ensure_exists(self) -> None:
-        """Raise PermanentError(NoSuchBucket) if the bucket is known not to exist."""
+        """Raise BucketMissing (code NoSuchBucket) if the bucket is known not to exist."""
         now = self._clock()
         if self._checked_at is None or now - self._checked_at >= self.recheck_seconds:
             if self._asking is None:  # one HeadBucket for every caller waiting on it
@@ -41,19 +45,20 @@ class BucketCheck:
         if self._missing is not None:
             raise self._missing
 
-    def _answered(self, asking: asyncio.Future[PermanentError | None]) -> None:
+    def _answered(self, asking: asyncio.Future[BucketMissing | None]) -> None:
         self._asking = None
         if not asking.cancelled() and asking.exception() is None:
             self._missing = asking.result()
             self._checked_at = self._clock()
 
-    async def _ask(self) -> PermanentError | None:
+    async def _ask(self) -> BucketMissing | None:
         try:
             await self.retry.call(lambda: self.client.head_bucket(Bucket=self.bucket),
                                   what=f"HeadBucket s3://{self.bucket}")
         except PermanentError as exc:
             if exc.status == 404:
-                return PermanentError(
+                return BucketMissing(
                     f"s3://{self.bucket}: NoSuchBucket: the bucket does not exist; create it "
-                    "or fix s3.bucket (and s3.region)", code="NoSuchBucket", status=404)
+                    "or fix s3.bucket (and s3.region); files wait for it",
+                    code="NoSuchBucket", status=404)
         return None

@@ -61,6 +61,11 @@ class ConnectionFailure(TransientError):
     """The endpoint could not be reached or dropped the connection."""
 
 
+class BucketMissing(TransientError):
+    """The bucket does not exist (yet): files wait for it, none fails for it; the bucket
+    is asked about again as they come back (`uploader.bucket_check`)."""
+
+
 class OutOfDescriptors(TransientError):
     """The process has no free file descriptor (EMFILE, ENFILE): a local shortage that
     ends as uploads finish, not a fault of the file (`uploader.open_files`)."""
