@@ -59,6 +59,6 @@ class BucketCheck:
             if exc.status == 404:
                 return BucketMissing(
                     f"s3://{self.bucket}: NoSuchBucket: the bucket does not exist; create it "
-                    "or fix s3.bucket (and s3.region); files wait for it",
+                    "or fix s3.bucket (and s3.region)",
                     code="NoSuchBucket", status=404)
         return None
