@@ -40,11 +40,10 @@ def test_move_keeps_the_relative_path(daemon_config, daemon_factory, tmp_path, s
 @pytest.mark.timeout(60)
 def test_failed_upload_never_moves_the_source(daemon_config, daemon_factory, tmp_path):
     done = tmp_path / "done"
-    config = daemon_config(after_upload="move", move_to=str(done),
-                           s3={"bucket": "bucket-that-is-not-there"})
+    config = daemon_config(after_upload="move", move_to=str(done))
     source = tmp_path / "outbox" / "stay.txt"
     source.write_bytes(b"stay")
-    daemon = daemon_factory(config)
+    daemon = daemon_factory(config, env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
     wait_until(lambda: status_of(tmp_path / "state", source), what="a final state")
     assert status_of(tmp_path / "state", source)[0] == "failed"
     assert daemon.terminate() == 0

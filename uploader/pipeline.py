@@ -8,6 +8,7 @@ file is deferred, since nothing is sent before its journal row is on disk.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -43,6 +44,9 @@ from uploader.transfer.sizing import MAX_OBJECT_BYTES
 from uploader.verify import confirm_object, head_key, look_for_object, matching_object_exists
 
 log = logging.getLogger(__name__)
+
+#: How long after a restart a request the killed process had sent may still land.
+ORPHAN_LANDING_SECONDS = 2.0
 
 
 class Outcome(enum.Enum):
@@ -99,6 +103,7 @@ class Pipeline:
         self.bucket_check = bucket_check
         self.totals = Totals()
         self.started_at = time.time()
+        self._started = time.monotonic()
         self.listeners: list[OutcomeListener] = []  # metrics, progress
 
     def partition_of(self, relative: str) -> str:
@@ -187,6 +192,15 @@ class Pipeline:
             return False  # `process` says what is wrong with the journal
         return _already_done(previous, self.keys.key(relative), signature)
 
+    async def _let_orphans_land(self) -> None:
+        """A PUT the previous process had sent whole when it died still reaches S3, and
+        on a loaded server may land after a look made at once (then the file would go
+        up twice): files found interrupted are looked for ORPHAN_LANDING_SECONDS after
+        the start at the earliest."""
+        wait = self._started + ORPHAN_LANDING_SECONDS - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
         """A file that failed since this process started is not retried until it changes."""
         return (previous is not None and previous.status == FAILED
@@ -238,9 +252,11 @@ class Pipeline:
         # journal knowing. Another instance may have, even while our upload was parked.
         # Or the journal has it uploaded, but another file, or one rewritten in place,
         # now holds the path with that size and mtime: S3 is compared with its bytes.
-        if self.shared_work or _uploaded_with(previous, job.key, job.signature) or (
-                _was_interrupted(previous, job)
-                and self.journal.find_upload(str(job.path)) is None):
+        interrupted = (_was_interrupted(previous, job)
+                       and self.journal.find_upload(str(job.path)) is None)
+        if self.shared_work or _uploaded_with(previous, job.key, job.signature) or interrupted:
+            if interrupted:
+                await self._let_orphans_land()
             exists, existing = await look_for_object(self.ctx, job)
             if not exists and self.shared_work:
                 job = dataclasses.replace(job, create_only=True)  # lose a race, never win twice

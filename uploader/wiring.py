@@ -50,10 +50,8 @@ async def services(config: Config, *, journal: Journal,
                                     journal=journal)
         pipeline = Pipeline(ctx=ctx, journal=journal, keys=key_namer(config),
                             after_upload=AfterUpload(config.after_upload, config.move_to),
-                            bucket_check=BucketCheck(
-                                client=client, bucket=config.s3.bucket, retry=retry,
-                                # Fresh when files deferred for a missing bucket come back.
-                                recheck_seconds=min(30.0, config.retry.retry_later_seconds)),
+                            bucket_check=BucketCheck(client=client, bucket=config.s3.bucket,
+                                                     retry=retry),
                             follow_symlinks=config.source.follow_symlinks,
                             shared_work=config.source.type == "sqs")
         pool = WorkerPool(pipeline=pipeline, concurrency=fitting_concurrency(config),
