@@ -138,12 +138,13 @@ def daemon_factory(tmp_path: Path, s3_server: Any) -> Iterator[Callable[..., Dae
 
     def start(config_path: Path, *, env: dict[str, str] | None = None,
               honour_permissions: bool = False, subcommand: str = "run",
-              open_files: int | None = None) -> Daemon:
-        """`open_files`: the process's limit on open files (soft and hard), as `ulimit -n`."""
+              open_files: int | None = None, launcher: list[str] | None = None) -> Daemon:
+        """`open_files`: the process's limit on open files (soft and hard), as `ulimit -n`.
+        `launcher`: what runs in place of the `uploader` script, given the same arguments."""
         log_path = tmp_path / f"daemon-{len(daemons)}.log"
         full_env = {**os.environ, **s3_server.env(), **(env or {})}
         with log_path.open("wb") as log_file:
-            command = [UPLOADER, subcommand, "--config", str(config_path)]
+            command = [*(launcher or [UPLOADER]), subcommand, "--config", str(config_path)]
             if honour_permissions and os.geteuid() == 0:
                 command = [*ROOT_WITHOUT_READ_OVERRIDE, *command]
             if open_files is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,43 @@ def most_at_once(records) -> int:  # noqa: ANN001
         running += change
         peak = max(peak, running)
     return peak
+
+
+LAUNCHER = Path(__file__).with_name("hangup_launcher.py")
+
+
+@pytest.mark.timeout(60)
+def test_a_sighup_while_the_daemon_is_still_loading_its_code_neither_kills_nor_is_lost(
+        daemon_config, daemon_factory, s3, bucket, tmp_path):
+    """SIGHUP's default action ends a process; the reload handler is in only once the event
+    loop runs, half a second or more after the start. A SIGHUP sent while the daemon was
+    still importing killed it (exit -1)."""
+    config = daemon_config(janitor={"enabled": False})
+    daemon = daemon_factory(config, launcher=[
+        sys.executable, str(LAUNCHER), "import:uploader.cli", "--"])
+    base = endpoint(daemon)  # up and serving: it survived
+    wait_for_metric(base, lambda p: reloads(p, "applied") == 1, what="the held SIGHUP's reload")
+    (tmp_path / "outbox" / "after.txt").write_text("still uploading")
+    wait_until(lambda: object_bytes(s3, bucket, "incoming/after.txt"), what="an upload")
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_sighup_after_the_file_was_read_but_before_the_loop_runs_reloads_it(
+        daemon_config, daemon_factory, s3, bucket, tmp_path):
+    """An operator changes the file and sends SIGHUP while the daemon is starting, just after
+    it read the file: the signal was ignored and the change never applied."""
+    config = daemon_config(rate_limit={"max_requests_per_second": 50},
+                           janitor={"enabled": False})
+    changed = config.read_text().replace("max_requests_per_second: 50",
+                                         "max_requests_per_second: 7")
+    assert changed != config.read_text()
+    daemon = daemon_factory(config, launcher=[
+        sys.executable, str(LAUNCHER), "sqlite3.connect", f"{config}={changed}", "--"])
+    base = endpoint(daemon)
+    # One reload, or two: with the loop already running when the signal came, uvloop may
+    # deliver it too once the handler is in (the second finds nothing changed).
+    page = wait_for_metric(base, lambda p: reloads(p, "applied") >= 1, what="the reload")
+    assert page.value("uploader_rate_limit_max_requests_per_second") == 7
+    assert "rate_limit.max_requests_per_second 50.0 -> 7.0" in daemon.log()
+    assert daemon.terminate() == 0

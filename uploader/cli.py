@@ -11,7 +11,6 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import sqlite3
 import sys
 from importlib.metadata import version
@@ -28,6 +27,7 @@ from uploader.config import (
     read_config_file,
     validate_config,
 )
+from uploader import hangup
 from uploader.errors import ConfigError
 from uploader.journal import FAILED, PENDING, Journal
 from uploader.logs import setup_logging
@@ -114,17 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ignore_sighup() -> None:
-    """A long-running command must not die of SIGHUP (log rotation and supervisors send
-    it): ignored until the daemon's reload handler takes it, and after it lets go."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from uploader.daemon import run_daemon
     from uploader.s3client import check_aws_settings
 
-    _ignore_sighup()
+    hangup.hold()
     config = load_config(args.config)
     check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format,
@@ -137,7 +131,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from uploader.enqueue import run_enqueue
     from uploader.s3client import check_aws_settings
 
-    _ignore_sighup()
+    hangup.hold()
     config = load_config(args.config)
     check_aws_settings(config)
     setup_logging(level=config.logging.level, fmt=config.logging.format)

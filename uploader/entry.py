@@ -15,6 +15,9 @@ command-line run are skipped (measured with bench/throughput.py's one-file run,
   logs and leaves with `os._exit`.
 
 An exception from `main` takes the normal way out, traceback and all.
+
+The daemon's commands hold SIGHUP from their first line (`uploader.hangup`): its default
+action would end a process still importing.
 """
 
 from __future__ import annotations
@@ -25,12 +28,25 @@ import os
 import sys
 
 
+LONG_RUNNING_COMMANDS = {"run", "enqueue"}
+
+
 def run() -> None:
+    if _command(sys.argv[1:]) in LONG_RUNNING_COMMANDS:
+        from uploader import hangup
+
+        hangup.hold()
     gc.disable()
     from uploader.cli import main
 
     code = main()
     _leave(code)
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand, before argparse is even imported: the first word that is no option
+    (the only options before it are --help and --version, which take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _leave(code: int) -> None:

@@ -24,6 +24,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from uploader import hangup
 from uploader.config import Config
 from uploader.errors import ConfigError
 from uploader.health import LoopMonitor, Readiness, split_listen
@@ -55,6 +56,8 @@ async def operations(config: Config, *, svc: Services, workers: Workforce,
     if config_path is not None:
         tasks.append(asyncio.create_task(reloader.run(), name="reload"))
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        if hangup.take_held():  # came while starting: the file may have changed since read
+            reloader.request()
     runner: web.AppRunner | None = None
     try:
         if metrics is not None:
