@@ -156,3 +156,37 @@ def test_no_secret_reaches_the_logs_with_debug_on(daemon_config, daemon_factory,
     failure = [json.loads(line) for line in failed.stderr.splitlines()
                if '"upload failed' in line]
     assert failure and failure[0]["error_code"] and failure[0]["key"] == "x/single.txt"
+
+
+@pytest.mark.timeout(60)
+def test_files_deferred_again_and_again_are_summed_up_not_logged_a_line_each(
+        daemon_config, daemon_factory, bucket, tmp_path):
+    """With the bucket missing, every file is deferred and tried again every
+    `retry_later_seconds`: each attempt was a WARNING line (40 files every 0.2 s here; a
+    backlog of 100,000 every 30 s is 3,300 lines a second). Now the first is logged, and one
+    summary per `logging.repeats_summary_seconds` counts the rest."""
+    config = daemon_config(s3={"bucket": f"{bucket}-absent"},
+                           retry={"retry_later_seconds": 0.2}, janitor={"enabled": False},
+                           logging={"format": "json", "repeats_summary_seconds": 1})
+    for i in range(40):
+        (tmp_path / "outbox" / f"f{i:02d}.txt").write_text(f"file {i}")
+    daemon = daemon_factory(config)
+
+    def summaries() -> list[dict]:
+        return [line for line in records(daemon.log()) if "repeats" in line]
+
+    wait_until(lambda: len(summaries()) >= 3, what="three summaries")
+    assert daemon.terminate() == 0
+    deferred = [line for line in records(daemon.log()) if "NoSuchBucket" in line["message"]]
+    in_full = [line for line in deferred if "repeats" not in line]
+    assert len(in_full) == 1, in_full  # the first; the rest are counted
+    assert in_full[0]["level"] == "warning" and in_full[0]["error_code"] == "NoSuchBucket"
+    counted = [line["repeats"] for line in summaries()]
+    assert all(count >= 40 for count in counted[:3]), counted  # every file, at least once
+    assert summaries()[0]["message"].startswith(
+        f"{counted[0]} more like this in the last 1 s, the latest: upload deferred: ")
+    assert summaries()[0]["file"].startswith(str(tmp_path / "outbox"))
+
+
+def records(log: str) -> list[dict]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]

@@ -385,6 +385,11 @@ class LoggingConfig(Section):
         "INFO", description="Level of the AWS SDK's and HTTP libraries' own logs (botocore, "
         "aiobotocore, aiohttp), never more verbose than `level`; `DEBUG` shows every request. "
         "Credentials, signatures and presigned URLs are redacted from every log line.")
+    repeats_summary_seconds: Number = Field(
+        60.0, ge=0, description="The daemon's repeated lines, a file deferred (put back in "
+        "line after a transient error) or not journaled, by reason: the first is logged at "
+        "once, the rest are counted and summed up in one line per this many seconds (each is "
+        "still logged at DEBUG). `0` logs every one.")
 
 
 class MetricsConfig(Section):

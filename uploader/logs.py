@@ -11,7 +11,7 @@ import time
 from uploader.logfilters import ContextFilter, RedactingFilter, Redactor
 
 # Fields callers attach with `extra=` that belong in the structured line.
-CONTEXT_FIELDS = ("file", "key", "attempt", "error_code", "size")
+CONTEXT_FIELDS = ("file", "key", "attempt", "error_code", "size", "repeats")
 
 
 class JsonFormatter(logging.Formatter):

@@ -35,6 +35,7 @@ from uploader.errors import (
 )
 from uploader.journal import FAILED, PENDING, SKIPPED, UPLOADED, UPLOADING, FileRecord, Journal
 from uploader.keys import KeyNamer, is_unicode
+from uploader.log_digest import LogDigest
 from uploader.logfilters import bind_log_context, unbind_log_context
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import FileJob, Signature, stat_signature
@@ -91,7 +92,10 @@ class AfterUpload:
 class Pipeline:
     def __init__(self, *, ctx: TransferContext, journal: Journal, keys: KeyNamer,
                  after_upload: AfterUpload, bucket_check: BucketCheck,
-                 follow_symlinks: bool = False, shared_work: bool = False) -> None:
+                 follow_symlinks: bool = False, shared_work: bool = False,
+                 repeats_summary_seconds: float = 0.0) -> None:
+        """`repeats_summary_seconds`: deferrals and journal failures of one reason after
+        the first are summed up in a line per this long (`LogDigest`); 0: each logged."""
         self.ctx = ctx
         # Another instance may already have done this file's work (a fleet draining
         # one queue, a duplicate message): look in S3 before sending, verify after.
@@ -105,6 +109,7 @@ class Pipeline:
         self.started_at = time.time()
         self._started = time.monotonic()
         self.listeners: list[OutcomeListener] = []  # metrics, progress
+        self.repeats = LogDigest(log, interval=repeats_summary_seconds)
 
     def partition_of(self, relative: str) -> str:
         """The rate-limiter partition the file at `relative` is uploaded to."""
@@ -154,8 +159,8 @@ class Pipeline:
     def _journal_failed(self, path: Path, key: str, exc: sqlite3.Error) -> Outcome:
         """Deferred: no request goes out before the file's row is on disk, and an
         upload finished but not recorded is found in S3 next time (look-first)."""
-        log.error("the journal cannot be written (%s); %s is tried again later", exc, path,
-                  extra={"file": str(path), "key": key})
+        self.repeats.log(logging.ERROR, "journal", "the journal cannot be written (%s); %s is "
+                         "tried again later", exc, path, extra={"file": str(path), "key": key})
         self.totals.failures["journal"] += 1
         return Outcome.DEFERRED
 
@@ -223,8 +228,8 @@ class Pipeline:
         except TransientError as exc:
             # Throttling, an outage, a flaky network: nothing is wrong with the
             # file. It stays pending and goes back in line later.
-            log.warning("upload deferred: %s", exc,
-                        extra={**extra, "error_code": exc.code})
+            self.repeats.log(logging.WARNING, f"deferred:{exc.code}", "upload deferred: %s",
+                             exc, extra={**extra, "error_code": exc.code})
             self._record_job(job, PENDING, error=str(exc))
             self.totals.failed_because(exc)
             return Outcome.DEFERRED, None

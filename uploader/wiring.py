@@ -53,14 +53,21 @@ async def services(config: Config, *, journal: Journal,
                             bucket_check=BucketCheck(client=client, bucket=config.s3.bucket,
                                                      retry=retry),
                             follow_symlinks=config.source.follow_symlinks,
-                            shared_work=config.source.type == "sqs")
+                            shared_work=config.source.type == "sqs",
+                            # A one-shot's deferred file is a failure: each is named.
+                            repeats_summary_seconds=(config.logging.repeats_summary_seconds
+                                                     if retry_later else 0.0))
         pool = WorkerPool(pipeline=pipeline, concurrency=fitting_concurrency(config),
                           queue_size=max(64, 4 * t.concurrency),
                           retry_later_seconds=(config.retry.retry_later_seconds
                                                if retry_later else None),
                           partition_of=pipeline.partition_of,
                           has_room=pipeline.partition_has_room)
-        yield Services(config=config, journal=journal, retry=retry, pipeline=pipeline, pool=pool)
+        try:
+            yield Services(config=config, journal=journal, retry=retry, pipeline=pipeline,
+                           pool=pool)
+        finally:
+            pipeline.repeats.close()  # what is still counted
 
 
 def key_namer(config: Config) -> KeyNamer:
