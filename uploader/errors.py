@@ -71,6 +71,12 @@ class OutOfDescriptors(TransientError):
     ends as uploads finish, not a fault of the file (`uploader.open_files`)."""
 
 
+class SourceAway(TransientError):
+    """The file's filesystem failed in a way that passes (a network or FUSE filesystem whose
+    server or backend is away, a stale NFS handle): the file is tried again later, not
+    failed (`uploader.transfer.job.unreadable`)."""
+
+
 class ThrottleError(TransientError):
     """The server asked us to slow down (SlowDown, 503, 429, throttling codes)."""
 

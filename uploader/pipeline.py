@@ -156,6 +156,14 @@ class Pipeline:
             listener(path, outcome, result, time.monotonic() - started)
         return outcome
 
+    def _deferred(self, exc: TransientError, *, path: Path, key: str) -> Outcome:
+        """Throttling, an outage, a flaky network or filesystem: nothing is wrong with the
+        file. It stays pending and goes back in line later."""
+        self.repeats.log(logging.WARNING, f"deferred:{exc.code}", "upload deferred: %s", exc,
+                         extra={"file": str(path), "key": key, "error_code": exc.code})
+        self.totals.failed_because(exc)
+        return Outcome.DEFERRED
+
     def _journal_failed(self, path: Path, key: str, exc: sqlite3.Error) -> Outcome:
         """Deferred: no request goes out before the file's row is on disk, and an
         upload finished but not recorded is found in S3 next time (look-first)."""
@@ -171,6 +179,8 @@ class Pipeline:
                 signature = stat_signature(path, follow_symlinks=self.follow_symlinks)
         except SourceVanished as exc:
             return await self._vanished(path, key, reason=str(exc)), None
+        except TransientError as exc:  # its filesystem failed, for now (the row stays as is)
+            return self._deferred(exc, path=path, key=key), None
         except SourceError as exc:
             self.totals.failed_because(exc)
             self._record(path, key, size=0, mtime_ns=0, status=FAILED, error=str(exc))
@@ -226,13 +236,8 @@ class Pipeline:
         except SourceVanished as exc:
             return await self._vanished(job.path, job.key, reason=str(exc)), None
         except TransientError as exc:
-            # Throttling, an outage, a flaky network: nothing is wrong with the
-            # file. It stays pending and goes back in line later.
-            self.repeats.log(logging.WARNING, f"deferred:{exc.code}", "upload deferred: %s",
-                             exc, extra={**extra, "error_code": exc.code})
             self._record_job(job, PENDING, error=str(exc))
-            self.totals.failed_because(exc)
-            return Outcome.DEFERRED, None
+            return self._deferred(exc, path=job.path, key=job.key), None
         except (TransferError, SourceError, VerificationError) as exc:
             log.error("upload failed: %s", exc,
                       extra={**extra, "error_code": getattr(exc, "code", None)})

@@ -7,7 +7,22 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uploader.errors import OutOfDescriptors, SourceChanged, SourceUnreadable, SourceVanished
+from uploader.errors import (
+    OutOfDescriptors,
+    SourceAway,
+    SourceChanged,
+    SourceUnreadable,
+    SourceVanished,
+    UploaderError,
+)
+
+# Errors of a network or FUSE filesystem that pass: a soft-mounted NFS server away answers
+# EIO (or ETIMEDOUT with `softerr`), a file replaced on the server leaves a stale handle
+# (ESTALE: the next open gets a fresh one), a FUSE backend gone answers ENOTCONN. On a local
+# disk EIO may be a bad sector that stays; tried again every `retry.retry_later_seconds`, it
+# waits `pending` with the reason (`uploader status`), never lost, never failed in silence.
+PASSING_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN,
+                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENOLINK, errno.ECOMM})
 
 
 @dataclass(frozen=True)
@@ -51,13 +66,26 @@ def create_only_condition(job: FileJob) -> dict[str, str]:
     return {"IfNoneMatch": "*"} if job.create_only else {}
 
 
+def unreadable(path: Path, doing: str, exc: OSError) -> UploaderError:
+    """What an OSError reading the file means for it: a shortage or a filesystem's failure
+    that passes (a transient error: tried again later), or a fault that stays until the
+    file changes (permissions, a directory...)."""
+    code = errno.errorcode.get(exc.errno or 0, "OSError")
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfDescriptors(f"{path}: {doing}: {exc.strerror} (the open-files limit, "
+                                "ulimit -n); tried again later", code=code)
+    if exc.errno in PASSING_ERRNOS:
+        return SourceAway(f"{path}: {doing}: {exc.strerror}; tried again later", code=code)
+    return SourceUnreadable(f"{path}: {doing}: {exc.strerror}")
+
+
 def stat_signature(path: Path, *, follow_symlinks: bool = True) -> Signature:
     try:
         return Signature.of(os.stat(path, follow_symlinks=follow_symlinks))
     except FileNotFoundError:
         raise SourceVanished(f"{path}: the file vanished before it could be uploaded") from None
     except OSError as exc:
-        raise SourceUnreadable(f"{path}: cannot stat: {exc.strerror}") from None
+        raise unreadable(path, "cannot stat", exc) from None
 
 
 def open_for_upload(job: FileJob) -> int:
@@ -67,11 +95,7 @@ def open_for_upload(job: FileJob) -> int:
     except FileNotFoundError:
         raise SourceVanished(f"{job.path}: the file vanished before it could be uploaded") from None
     except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise OutOfDescriptors(f"{job.path}: cannot open: {exc.strerror} (the open-files "
-                                   "limit, ulimit -n); tried again later",
-                                   code=errno.errorcode[exc.errno]) from None
-        raise SourceUnreadable(f"{job.path}: cannot read: {exc.strerror}") from None
+        raise unreadable(job.path, "cannot open", exc) from None
     if Signature.of(os.fstat(fd)) != job.signature:
         os.close(fd)
         raise SourceChanged(f"{job.path}: the file changed since it settled")
@@ -84,6 +108,8 @@ def ensure_unchanged(job: FileJob) -> None:
         now = Signature.of(os.stat(job.path))
     except FileNotFoundError:
         raise SourceVanished(f"{job.path}: the file vanished during its upload") from None
+    except OSError as exc:
+        raise unreadable(job.path, "cannot stat", exc) from None
     if now != job.signature:
         raise SourceChanged(f"{job.path}: the file changed during its upload "
                             f"(size {job.signature.size} -> {now.size}); it will be "
@@ -112,7 +138,7 @@ def read_range(fd: int, *, offset: int, length: int, path: Path) -> bytes:
         try:
             chunk = os.pread(fd, remaining, offset + length - remaining)
         except OSError as exc:
-            raise SourceUnreadable(f"{path}: read failed: {exc.strerror}") from None
+            raise unreadable(path, "read failed", exc) from None
         if not chunk:
             raise SourceChanged(f"{path}: the file shrank during its upload")
         chunks.append(chunk)
@@ -128,7 +154,7 @@ def read_into(fd: int, buffer: bytearray, *, offset: int, path: Path) -> None:
         try:
             count = os.preadv(fd, [view[filled:]], offset + filled)
         except OSError as exc:
-            raise SourceUnreadable(f"{path}: read failed: {exc.strerror}") from None
+            raise unreadable(path, "read failed", exc) from None
         if not count:
             raise SourceChanged(f"{path}: the file shrank during its upload")
         filled += count

@@ -23,7 +23,6 @@ from uploader.checksums import ALGORITHM, PARAMETER, checksum_b64
 from uploader.errors import (
     PermanentError,
     SourceChanged,
-    SourceUnreadable,
     SourceVanished,
     TransferError,
     TransientError,
@@ -39,6 +38,7 @@ from uploader.transfer.job import (
     open_for_upload,
     read_into,
     read_range,
+    unreadable,
 )
 from uploader.transfer.sizing import part_count, part_range, part_size_for
 from uploader.verify import check_completed_etag, matching_object_exists
@@ -160,7 +160,7 @@ def _stat(job: FileJob) -> os.stat_result:
     except FileNotFoundError:
         raise SourceVanished(f"{job.path}: the file vanished before it could be uploaded") from None
     except OSError as exc:
-        raise SourceUnreadable(f"{job.path}: cannot stat: {exc.strerror}") from None
+        raise unreadable(job.path, "cannot stat", exc) from None
     if Signature.of(st) != job.signature:
         raise SourceChanged(f"{job.path}: the file changed since it settled")
     return st

@@ -25,8 +25,7 @@ import functools
 import os
 from pathlib import Path
 
-from uploader.errors import SourceUnreadable
-from uploader.transfer.job import read_range
+from uploader.transfer.job import read_range, unreadable
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux only
 CACHE_POLL_DELAYS = (0.001, 0.002, 0.004, 0.008, 0.016)  # seconds: 31 ms in all
@@ -54,7 +53,7 @@ def read_if_cached(fd: int, *, length: int, path: Path) -> bytes | None:
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
             raise CannotTell(path) from None
-        raise SourceUnreadable(f"{path}: read failed: {exc.strerror}") from None
+        raise unreadable(path, "read failed", exc) from None
     # Short: partly cached, or the file shrank; a plain read tells which.
     return bytes(buffer) if count == length else None
 
