@@ -179,9 +179,14 @@ def test_unknown_profile_is_a_configuration_error(tmp_path):
      "onto themselves"),
     ({"after_upload": "move", "move_to": "{state}"},
      "move_to: {state} is the same folder as state_dir; a moved file could replace the journal"),
+    # outbox/state/journal.sqlite3 would be moved onto the journal
+    ({"after_upload": "move", "move_to": "{tmp}", "state_dir": "{tmp}/state"},
+     "state_dir: {tmp}/state is inside move_to ({tmp}); a moved file could replace the "
+     "journal"),
 ])
 def test_daemon_folders_must_differ(tmp_path, overrides, message):
-    names = {"outbox": str(tmp_path / "outbox"), "state": str(tmp_path / "state")}
+    names = {"outbox": str(tmp_path / "outbox"), "state": str(tmp_path / "state"),
+             "tmp": str(tmp_path)}
     path = make_config(tmp_path, **{k: v.format(**names) for k, v in overrides.items()})
     for command in (["check-config", str(path)], ["run", "--config", str(path)]):
         assert_named(run_cli(*command), message.format(**names))

@@ -427,7 +427,8 @@ class Config(Section):
         "keep", description="What happens to a source file once its object is verified in S3.")
     move_to: Path | None = Field(
         None, description="With `after_upload: move`: the folder files are moved to, keeping "
-        "their relative path.")
+        "their relative path; not `source.directory` nor `state_dir`, nor a folder holding "
+        "`state_dir`.")
     shutdown_grace_seconds: Number = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, in-flight uploads get this long to finish; "
         "then they are parked (multipart uploads resume at the next start).")
@@ -464,7 +465,8 @@ def check_folders(config: Config, *, origin: str) -> None:
     """The daemon's folders must differ (a one-shot upload has a journal in memory only).
 
     Folders *inside* the watched tree are skipped (daemon._dirs_inside); the same
-    folder is not: the walk starts there, and a moved file lands where it was.
+    folder is not: the walk starts there, and a moved file lands where it was. Nor is a
+    state_dir inside move_to, where moved files land by their paths.
     """
     folders = [("source.directory", config.source.directory), ("state_dir", config.state_dir)]
     if config.after_upload == "move":
@@ -479,6 +481,12 @@ def check_folders(config: Config, *, origin: str) -> None:
             raise ConfigError(f"{origin}: invalid configuration:\n  {key}: {folder} is the "
                               f"same folder as {seen[where]}; {why}")
         seen[where] = key
+    move_to = config.move_to if config.after_upload == "move" else None
+    if move_to is not None and config.state_dir.resolve().is_relative_to(move_to.resolve()):
+        # A file whose path below source.directory names the journal would land on it.
+        raise ConfigError(f"{origin}: invalid configuration:\n  state_dir: {config.state_dir} "
+                          f"is inside move_to ({move_to}); a moved file could replace the "
+                          "journal. Give move_to and state_dir a folder each")
 
 
 _SAME_FOLDER = {
