@@ -18,7 +18,7 @@ from daemon_harness import (  # noqa: F401
 @pytest.mark.timeout(120)
 def test_a_second_instance_on_one_state_dir_is_refused_and_a_kill_leaves_no_lock(
         daemon_config, daemon_factory, s3_server, s3, bucket, tmp_path):
-    config = daemon_config()
+    config = daemon_config(state_dir_lock_wait_seconds=0)  # refused at once
     outbox = tmp_path / "outbox"
     first = daemon_factory(config)
     wait_until(lambda: "watching" in first.log(), what="the first daemon watching")
@@ -34,11 +34,14 @@ def test_a_second_instance_on_one_state_dir_is_refused_and_a_kill_leaves_no_lock
     enqueue_config = tmp_path / "enqueue.yaml"
     settings = yaml.safe_load(config.read_text())
     settings["source"]["queue_url"] = "http://127.0.0.1:9/000000000000/absent"
+    settings["state_dir_lock_wait_seconds"] = 1  # waits, then gives up
     enqueue_config.write_text(yaml.safe_dump(settings))
     enqueue = run_cli("enqueue", "--config", str(enqueue_config), env=s3_server.env(),
                       timeout=60)
     assert enqueue.returncode == 2, enqueue.stderr
     assert f"pid {first.process.pid}" in enqueue.stderr
+    assert "waiting up to 1 s for it to stop" in enqueue.stderr
+    assert "(waited 1 s for it to stop)" in enqueue.stderr
 
     # The first instance was not disturbed.
     (outbox / "after.txt").write_bytes(b"taken by the first")
@@ -50,3 +53,31 @@ def test_a_second_instance_on_one_state_dir_is_refused_and_a_kill_leaves_no_lock
     (outbox / "later.txt").write_bytes(b"taken by the third")
     wait_until(lambda: object_bytes(s3, bucket, "incoming/later.txt"), what="later.txt")
     assert third.terminate() == 0
+
+
+@pytest.mark.timeout(120)
+def test_in_a_rolling_update_the_new_instance_waits_for_the_old_one_to_stop(
+        daemon_config, daemon_factory, s3, bucket, tmp_path):
+    """The new instance starts while the old one still finishes its uploads: it used to
+    exit 2 at once (and be restarted with a growing back-off); it waits for the lock,
+    and takes over when the old one is gone. SIGTERM while waiting stops it cleanly."""
+    config = daemon_config(state_dir_lock_wait_seconds=60)
+    outbox = tmp_path / "outbox"
+    old = daemon_factory(config)
+    wait_until(lambda: "watching" in old.log(), what="the old instance watching")
+
+    impatient = daemon_factory(config)
+    wait_until(lambda: "waiting up to 60 s for it to stop" in impatient.log(),
+               what="the impatient one waiting")
+    assert impatient.terminate() == 0  # SIGTERM while waiting
+    assert "stopped while waiting for state_dir" in impatient.log()
+
+    new = daemon_factory(config)
+    wait_until(lambda: "waiting up to 60 s for it to stop" in new.log(), what="the new waiting")
+    assert f"uploader run, pid {old.process.pid}" in new.log()
+    assert new.process.poll() is None and "watching" not in new.log()
+    assert old.terminate() == 0
+    wait_until(lambda: "watching" in new.log(), what="the new instance taking over")
+    (outbox / "after.txt").write_bytes(b"taken by the new instance")
+    wait_until(lambda: object_bytes(s3, bucket, "incoming/after.txt"), what="after.txt")
+    assert new.terminate() == 0

@@ -423,6 +423,10 @@ class Config(Section):
     state_dir: Path = Field(
         Path("/var/lib/uploader"),
         description="Holds the journal (`journal.sqlite3`), which records every file's state.")
+    state_dir_lock_wait_seconds: Number = Field(
+        60.0, ge=0, description="`uploader run`/`enqueue` finding `state_dir` held by another "
+        "instance (in a rolling update on a shared volume, the old one still finishing its "
+        "uploads) wait this long for it to stop, then exit 2 naming it; `0`: at once.")
     after_upload: Literal["keep", "delete", "move"] = Field(
         "keep", description="What happens to a source file once its object is verified in S3.")
     move_to: Path | None = Field(

@@ -26,6 +26,7 @@ from uploader.operations import operations
 from uploader.sources.directory import DirectorySource
 from uploader.sources.sqs import SqsSource, check_queue, open_sqs_client
 from uploader.sources.walk import TreeWalker
+from uploader.state_lock import when_free
 from uploader.wiring import Services, services
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,11 @@ async def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
         if root is None or not root.is_dir():
             raise ConfigError(f"source.directory: {root} is not an existing directory")
     stop = stop_event()
-    journal = Journal.in_state_dir(config.state_dir, owner="uploader run")
+    journal = await when_free(lambda: Journal.in_state_dir(config.state_dir, owner="uploader run"),
+                              wait_seconds=config.state_dir_lock_wait_seconds, stop=stop)
+    if journal is None:
+        log.info("stopped while waiting for state_dir")
+        return 0
     try:
         async with services(config, journal=journal) as svc, _source(config, svc) as source, \
                 operations(config, svc=svc, workers=source.workers,

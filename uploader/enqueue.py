@@ -32,6 +32,7 @@ from uploader.keys import is_unicode
 from uploader.sources.directory import DirectorySource
 from uploader.sources.sqs import MAX_BATCH, check_queue, open_sqs_client
 from uploader.sources.walk import TreeWalker
+from uploader.state_lock import when_free
 from uploader.transfer.job import Signature, stat_signature
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,11 @@ async def run_enqueue(config: Config, stop: asyncio.Event) -> int:
         raise ConfigError(f"source.directory: {source.directory} is not an existing directory")
     if not source.queue_url:
         raise ConfigError("source.queue_url: required for `uploader enqueue`")
-    journal = Journal.in_state_dir(config.state_dir, owner="uploader enqueue")
+    journal = await when_free(
+        lambda: Journal.in_state_dir(config.state_dir, owner="uploader enqueue"),
+        wait_seconds=config.state_dir_lock_wait_seconds, stop=stop)
+    if journal is None:
+        return 0  # stopped while waiting for state_dir
     try:
         async with open_sqs_client(config) as client:
             await check_queue(client, source.queue_url)

@@ -7,10 +7,16 @@ flock on `state_dir/owner.lock` for its whole life. The kernel drops the lock wh
 the process ends, however it ends (SIGKILL too), so a crash leaves no stale lock
 behind; on NFS, Linux maps flock to the server's byte-range locks. The file
 names the holder, for the message the next one gets.
+
+In a rolling update on a shared volume the new instance starts while the old one still
+finishes its uploads (up to its `shutdown_grace_seconds`): `when_free` waits for it,
+up to `state_dir_lock_wait_seconds`, rather than failing at once and being restarted
+with a growing back-off by the orchestrator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -18,11 +24,18 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from uploader.errors import ConfigError
 
 LOCK_FILE = "owner.lock"
+POLL_SECONDS = 0.5  # how often a waiting instance tries the lock again
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StateDirBusy(ConfigError):
+    """Another process holds the state_dir; the message names it."""
 
 
 @dataclass
@@ -42,7 +55,7 @@ class StateDirLock:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise ConfigError(f"state_dir: {state_dir} is in use by another uploader "
+            raise StateDirBusy(f"state_dir: {state_dir} is in use by another uploader "
                               f"({holder}); each instance needs its own state_dir") from None
         except OSError as exc:
             os.close(fd)
@@ -62,3 +75,27 @@ class StateDirLock:
 def _holder(fd: int) -> str:
     text = os.pread(fd, 1024, 0).decode("utf-8", errors="replace").strip()
     return text or "it has not said who it is yet"
+
+
+async def when_free(take: Callable[[], T], *, wait_seconds: float,
+                    stop: asyncio.Event) -> T | None:
+    """`take()` (which takes the lock) once no other process holds it, trying again every
+    POLL_SECONDS for up to `wait_seconds`, then StateDirBusy. None if `stop` is set
+    meanwhile (SIGTERM while waiting)."""
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while True:
+        try:
+            return take()
+        except StateDirBusy as busy:
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait_seconds:g} s for it to stop)" if wait_seconds else ""
+                raise StateDirBusy(f"{busy}{waited}") from None
+            if not announced:
+                log.warning("%s; waiting up to %g s for it to stop", busy, wait_seconds)
+                announced = True
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=POLL_SECONDS)
+            return None
+        except TimeoutError:
+            pass
