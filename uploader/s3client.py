@@ -22,6 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import ProfileNotFound
 
+from uploader import clock_skew
 from uploader.config import Config, check_endpoint_url
 from uploader.errors import ConfigError
 from uploader.s3.datapath import DataPath, connection_pool_size, open_data_path
@@ -110,6 +111,7 @@ class S3Access:
 @contextlib.asynccontextmanager
 async def open_s3(config: Config) -> AsyncIterator[S3Access]:
     """The control-plane client and the data path, closed in reverse order."""
+    clock_skew.install()  # both sign with the server's time once a skew is seen
     core = AioSession(profile=config.s3.profile)
     session = aioboto3.Session(botocore_session=core)
     async with session.client("s3", endpoint_url=config.s3.endpoint_url,
@@ -123,6 +125,7 @@ async def open_s3(config: Config) -> AsyncIterator[S3Access]:
 @contextlib.asynccontextmanager
 async def open_s3_client(config: Config) -> AsyncIterator[Any]:
     """The aioboto3 client alone (for callers that send no object data)."""
+    clock_skew.install()
     session = aioboto3.Session(profile_name=config.s3.profile)
     async with session.client("s3", endpoint_url=config.s3.endpoint_url,
                               region_name=config.s3.region,

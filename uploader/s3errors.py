@@ -12,6 +12,7 @@ import aiohttp
 import botocore.exceptions as bce
 from botocore.retries.standard import ThrottledRetryableChecker
 
+from uploader import clock_skew
 from uploader.errors import (
     ConnectionFailure,
     PermanentError,
@@ -27,8 +28,8 @@ TRANSIENT_CODES = frozenset({
     "InternalError", "RequestTimeout", "RequestTimeoutException", "ServiceUnavailable",
     "ExpiredToken", "TokenRefreshRequired", "IDPCommunicationError",
     "IncompleteBody",  # the body was cut off on the way; the next attempt sends it whole
-    # Our clock is off (an NTP step, a resumed VM); each attempt is signed anew,
-    # so one made once the clock is right goes through.
+    # Our clock is off (no NTP, a resumed VM): the refusal's Date corrects the
+    # signing clock (`classify_http`), and the retry, signed anew, goes through.
     "RequestTimeTooSkewed",
     "OperationAborted",  # a conflicting operation was in progress; S3 says try again
     "ConditionalRequestConflict",  # see RESTART_CODES
@@ -70,13 +71,19 @@ def translate(exc: BaseException, *, what: str) -> TransferError:
 
 
 def classify_http(*, status: int, code: str | None, message: str, what: str,
-                  retry_after: float | None = None,
-                  bucket_region: str | None = None) -> TransferError:
+                  retry_after: float | None = None, bucket_region: str | None = None,
+                  server_date: str | None = None) -> TransferError:
     """Classify an S3 error response by status and error code.
 
     `bucket_region`: S3's `x-amz-bucket-region` header, which a redirect (301
     PermanentRedirect: the bucket is in another region than `s3.region`) carries.
+    `server_date`: the answer's `Date` header; a refusal for a skewed clock teaches
+    the signer the server's time (`uploader.clock_skew`), so the retry goes through.
     """
+    if code in clock_skew.SKEW_CODES:
+        clock_skew.learn(server_date)
+    elif status == 403 and clock_skew.learn(server_date, beyond=clock_skew.SUSPECT_SECONDS):
+        code = "RequestTimeTooSkewed"  # a HEAD's refusal has no body to say so; its Date does
     code = code or f"HTTP{status}"
     text = f"{what}: {code} (HTTP {status}): {message}".rstrip(": ")
     if bucket_region:
@@ -98,7 +105,7 @@ def _from_client_error(exc: bce.ClientError, *, what: str) -> TransferError:
     headers = {k.lower(): v for k, v in (meta.get("HTTPHeaders") or {}).items()}
     return classify_http(status=status, code=error.get("Code") or None,
                          message=error.get("Message") or "", what=what,
-                         retry_after=parse_retry_after(headers))
+                         retry_after=parse_retry_after(headers), server_date=headers.get("date"))
 
 
 def parse_retry_after(headers: dict[str, str]) -> float | None:

@@ -95,4 +95,4 @@ def error_from_response(*, status: int, reason: str, headers: Mapping[str, str],
     return classify_http(status=status, code=code, message=message or reason, what=what,
                          retry_after=parse_retry_after(lowered),
                          bucket_region=lowered.get("x-amz-bucket-region") if 300 <= status < 400
-                         else None)
+                         else None, server_date=lowered.get("date"))
