@@ -217,10 +217,13 @@ class Pipeline:
             await asyncio.sleep(wait)
 
     def _failed_this_run(self, previous: FileRecord | None, job: FileJob) -> bool:
-        """A file that failed since this process started is not retried until it changes."""
+        """A file that failed since this process started is not retried until it changes:
+        its bytes (size, mtime), or what it is (a chmod or chown moves the ctime: a file
+        refused for its permissions goes up once they are fixed)."""
         return (previous is not None and previous.status == FAILED
                 and previous.updated_at >= self.started_at and previous.size == job.size
-                and previous.mtime_ns == job.signature.mtime_ns)
+                and previous.mtime_ns == job.signature.mtime_ns
+                and previous.same_identity(job.signature.inode, job.signature.ctime_ns))
 
     async def _upload(self, job: FileJob,
                       previous: FileRecord | None) -> tuple[Outcome, UploadResult | None]:

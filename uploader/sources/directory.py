@@ -273,6 +273,10 @@ class DirectorySource:
         elif kind & (Mask.DELETE | Mask.MOVED_FROM):
             self._writing.pop(path, None)
             self._settling.pop(path, None)
+        elif kind & Mask.ATTRIB and path not in self._writing:
+            # chmod, chown: a file refused for its permissions may be readable now (the
+            # pipeline passes over a file uploaded already, or failed and unchanged).
+            self._consider(path)
 
     @staticmethod
     def _is_link(path: Path) -> bool:
@@ -286,4 +290,4 @@ class DirectorySource:
 
 def _mask() -> "Mask":
     return (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MODIFY | Mask.CREATE | Mask.DELETE
-            | Mask.MOVED_FROM | Mask.ONLYDIR)
+            | Mask.MOVED_FROM | Mask.ATTRIB | Mask.ONLYDIR)
