@@ -18,7 +18,7 @@ import pytest
 
 from daemon_harness import UPLOADER, daemon_config, daemon_factory, wait_until  # noqa: F401
 from daemon_harness import keys_in, object_bytes
-from ops_harness import endpoint
+from ops_harness import endpoint, scrape
 from uploader import clock_skew
 from uploader.errors import PermanentError, TransientError
 from uploader.s3errors import classify_http
@@ -121,6 +121,8 @@ def test_the_daemon_on_a_machine_with_a_wrong_clock_gets_ready_and_uploads(
             return False
 
     wait_until(ready, what="/readyz 200")
+    offset = scrape(base).value("uploader_clock_offset_seconds")
+    assert 3598 <= offset <= 3601, offset  # the server is an hour ahead of this process
     (tmp_path / "outbox" / "late.txt").write_text("uploaded with a clock an hour behind")
     wait_until(lambda: "incoming/late.txt" in keys_in(s3, bucket), what="the upload")
     assert daemon.terminate() == 0

@@ -39,6 +39,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from uploader import clock_skew
 from uploader.breaker import BreakerState
 from uploader.config import Config
 from uploader.journal import FAILED, PENDING, UPLOADING
@@ -314,6 +315,10 @@ class _DaemonCollector(Collector):
             yield GaugeMetricFamily("uploader_event_loop_lag_seconds", "How late the event "
                                     "loop ran a timer lately (a busy or blocked loop).",
                                     value=self._loop_lag())
+        yield GaugeMetricFamily("uploader_clock_offset_seconds", "Seconds the S3 server's "
+                                "clock is ahead of the local one, as learned from a "
+                                "RequestTimeTooSkewed (0 until one); requests are signed with "
+                                "the server's time.", value=clock_skew.offset_seconds())
 
 
 def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
