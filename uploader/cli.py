@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence
 
+from uploader import hangup
 from uploader.config import (
     Config,
     apply_env_overrides,
@@ -27,7 +28,6 @@ from uploader.config import (
     read_config_file,
     validate_config,
 )
-from uploader import hangup
 from uploader.errors import ConfigError
 from uploader.journal import FAILED, PENDING, Journal
 from uploader.logs import setup_logging

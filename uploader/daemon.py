@@ -39,8 +39,9 @@ async def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
         if root is None or not root.is_dir():
             raise ConfigError(f"source.directory: {root} is not an existing directory")
     stop = stop_event()
-    journal = await when_free(lambda: Journal.in_state_dir(config.state_dir, owner="uploader run"),
-                              wait_seconds=config.state_dir_lock_wait_seconds, stop=stop)
+    journal = await when_free(
+        lambda: Journal.in_state_dir(config.state_dir, owner="uploader run"),
+        wait_seconds=config.state_dir_lock_wait_seconds, stop=stop)
     if journal is None:
         log.info("stopped while waiting for state_dir")
         return 0
