@@ -437,16 +437,23 @@ async def test_a_quiet_partition_is_released_to_unthrottled():
 
 
 async def test_partitions_are_bounded_and_busy_ones_kept():
+    """Beyond max_partitions the least recently used idle partitions are forgotten. One
+    with callers waiting is kept, and so is one with a request in flight: its answer (a
+    throttle above all) belongs to its measurements, not to a fresh twin's."""
     clock = FakeClock()
-    limiter = RateLimiter(clock=clock, max_partitions=3, max_requests_per_second=1.0)
+    limiter = RateLimiter(clock=clock, max_partitions=4, max_requests_per_second=1.0)
     await limiter.acquire("b/busy")
     waiter = asyncio.create_task(limiter.acquire("b/busy"))
     await clock.settle()
+    sending = await limiter.acquire("b/sending")
     for index in range(100):
-        await limiter.acquire(f"b/{index}")
+        limiter.release(await limiter.acquire(f"b/{index}"))  # as the retry layer does
 
-    assert len(limiter.snapshot()) == 3
-    assert list(limiter.snapshot()) == ["b/busy", "b/98", "b/99"]
+    assert list(limiter.snapshot()) == ["b/busy", "b/sending", "b/98", "b/99"]
+    assert limiter.snapshot()["b/sending"].in_flight == 1
+    limiter.release(sending)  # answered: now idle, and the least recently used
+    limiter.release(await limiter.acquire("b/100"))
+    assert list(limiter.snapshot()) == ["b/busy", "b/98", "b/99", "b/100"]
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter

@@ -152,7 +152,8 @@ def test_a_taken_metrics_port_stops_the_start_naming_the_key(daemon_config, tmp_
 def test_partition_labels_stay_bounded():
     def stats(rate, throttles, waiting=0):
         return PartitionStats(rate=rate, w_max=None, success_rate=None, waiting=waiting,
-                              cuts=0, throttles=throttles, ignored_throttles=0, last_cut_at=None)
+                              in_flight=0, cuts=0, throttles=throttles, ignored_throttles=0,
+                              last_cut_at=None)
     snapshot = {f"b/p{i:03d}": stats(float(i) if i % 2 else None, throttles=i, waiting=1)
                 for i in range(100)}
     views = top_partitions(snapshot, limit=5)

@@ -119,6 +119,32 @@ async def test_throttles_cut_the_partition_rate_and_successes_do_not():
     assert retry.retries_by_code == {"SlowDown": 1, "InternalError": 1}
 
 
+async def test_every_attempt_leaves_the_limiter_however_it_ends():
+    """A permit is in flight until its attempt ends: answered, throttled, refused, not
+    answered at all, or cancelled. One left behind would keep its partition forever."""
+    clock = FakeClock(autoadvance=True)
+    limiter = RateLimiter(clock=clock)
+    retry = policy([], clock=clock, limiter=limiter, max_attempts=2)
+    await retry.call(Script(client_error("SlowDown", 503)), what="PUT", partition="b/p")
+    with pytest.raises(PermanentError):
+        await retry.call(Script(client_error("AccessDenied", 403)), what="PUT", partition="b/p")
+    with pytest.raises(ConnectionFailure):
+        await retry.call(Script(ConnectionResetError(), ConnectionResetError()), what="PUT",
+                         partition="b/p")
+
+    async def never_answers() -> str:
+        await asyncio.Event().wait()
+        return "unreachable"
+
+    hanging = asyncio.create_task(retry.call(never_answers, what="PUT", partition="b/p"))
+    await asyncio.sleep(0)
+    assert limiter.snapshot()["b/p"].in_flight == 1
+    hanging.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hanging
+    assert limiter.snapshot()["b/p"].in_flight == 0
+
+
 async def test_an_empty_retry_budget_stops_retries_and_successes_refill_it():
     budget = RetryBudget(capacity=10, retry_cost=5, success_reward=1)
     retry = policy([], budget=budget, max_attempts=10)

@@ -164,6 +164,7 @@ class PartitionStats:
     w_max: float | None
     success_rate: float | None
     waiting: int
+    in_flight: int
     cuts: int
     throttles: int
     ignored_throttles: int
@@ -292,6 +293,7 @@ class PrefixBucket:
         self.ceiling: float | None = None
         self.waiting = 0
         self.admitted = 0  # callers let in by `RateLimiter.admit`, not yet at `acquire`
+        self.in_flight = 0  # permits given and not yet released (requests on the wire)
         self.cuts = 0
         self.throttles = 0
         self.ignored_throttles = 0
@@ -418,6 +420,7 @@ class PrefixBucket:
             w_max=self._cubic.w_max if self._cubic is not None else None,
             success_rate=self.success_rate(now),
             waiting=self.waiting,
+            in_flight=self.in_flight,
             cuts=self.cuts,
             throttles=self.throttles,
             ignored_throttles=self.ignored_throttles,
@@ -452,9 +455,12 @@ class RateLimiter:
     The retry layer, per attempt::
 
         permit = await limiter.acquire(partition, nbytes=len(body))
-        ...send...
-        limiter.on_success(partition)                            # any non-throttle answer
-        limiter.on_throttle(partition, sent_at=permit.sent_at)   # SlowDown, 503, 429, ...
+        try:
+            ...send...
+            limiter.on_success(partition)                            # any non-throttle answer
+            limiter.on_throttle(partition, sent_at=permit.sent_at)   # SlowDown, 503, 429, ...
+        finally:
+            limiter.release(permit)
 
     At most `max_partitions` partitions are remembered; beyond that the least
     recently used idle ones are forgotten (they start unthrottled again if they
@@ -500,7 +506,14 @@ class RateLimiter:
             bucket.waiting -= 1
         now = self._clock.monotonic()
         bucket.sent(now)
+        bucket.in_flight += 1
         return Permit(partition, now)
+
+    def release(self, permit: Permit) -> None:
+        """The request `permit` let out is over, however it ended (the caller's `finally`)."""
+        bucket = self._buckets.get(permit.partition)
+        if bucket is not None and bucket.in_flight > 0:
+            bucket.in_flight -= 1
 
     def _bytes_rate(self, now: float) -> float | None:
         return self._max_bps
@@ -623,14 +636,16 @@ class RateLimiter:
         """Forget the least recently used partitions beyond the bound.
 
         Never one with callers queued on it (a fresh twin would let newcomers
-        bypass the queue), nor `keep`, the one being created.
+        bypass the queue), nor one with requests in flight (their answers, a
+        throttle above all, belong to its measurements, not to a fresh twin's),
+        nor `keep`, the one being created.
         """
         excess = len(self._buckets) - self._max_partitions
         victims: list[str] = []
         for name, bucket in self._buckets.items():
             if len(victims) >= excess:
                 break
-            if name != keep and not bucket.waiting and not bucket.admitted:
+            if name != keep and not (bucket.waiting or bucket.admitted or bucket.in_flight):
                 victims.append(name)
         for name in victims:
             del self._buckets[name]

@@ -124,6 +124,14 @@ class RetryPolicy:
                                  *, probe: bool) -> T:
         permit = await self._permit(call)
         try:
+            return await self._send(operation, call, permit, probe=probe)
+        finally:
+            if permit is not None:  # answered, failed or cancelled: no longer in flight
+                self.limiter.release(permit)  # type: ignore[union-attr]
+
+    async def _send(self, operation: Callable[[], Awaitable[T]], call: _Call,
+                    permit: Permit | None, *, probe: bool) -> T:
+        try:
             result = await _translated(operation, what=call.what)
         except ThrottleError:
             self.throttles += 1
