@@ -12,6 +12,7 @@ import yaml
 
 from daemon_harness import daemon_config, daemon_factory, run_cli, wait_until  # noqa: F401
 from daemon_harness import keys_in
+from uploader import logfilters
 from uploader.logfilters import (
     REDACTED,
     ContextFilter,
@@ -63,6 +64,37 @@ def test_redactor_removes_every_secret_shape(line):
                    "abcDEF%2Bghi", "Credential=AKIA", "eyJ", "aoaAAAAAGXyz"):
         assert secret not in clean
     assert REDACTED in clean or "AKIA…MPLE" in clean
+
+
+def test_every_pattern_match_names_a_word_the_quick_test_looks_for():
+    """The patterns run only on a line the quick test picks out: each thing a pattern
+    redacts must hold one of its words, or a line carrying only that would leak."""
+    lines = [*LIBRARY_LINES, *(line.upper() for line in LIBRARY_LINES),
+             *(line.swapcase() for line in LIBRARY_LINES)]
+    for pattern, _ in logfilters._PATTERNS:
+        matches = [m.group(0) for line in lines for m in pattern.finditer(line)]
+        assert matches, f"no line above shows what {pattern.pattern!r} is for"
+        for match in matches:
+            assert logfilters._MIGHT_NAME_A_SECRET.search(match.lower()), match
+
+
+@pytest.mark.parametrize("line", [
+    f"reading {SECRET} from the environment",
+    f"uploaded as {ACCESS_KEY} to s3://b/k",
+    "uploaded as AKIAZZZZZZZZZZZZZZZZ to s3://b/k",  # a key ID nobody registered
+    "SIGNATURE=5d672d79c15b13162d9279b0855cfba6789a",
+    "X-AMZ-CREDENTIAL=AKIAZZZZ/20240101/us-east-1",
+])
+def test_redactor_cleans_lines_without_the_usual_context(line):
+    clean = Redactor(secrets=[SECRET], access_keys=[ACCESS_KEY])(line)
+    for secret in (SECRET, ACCESS_KEY, "AKIAZZZZZZZZZZZZZZZZ", "5d672d79c15b", "AKIAZZZZ/"):
+        assert secret not in clean
+
+
+def test_a_secret_inside_a_longer_one_leaves_no_tail():
+    redactor = Redactor(secrets=[SECRET[:12]])
+    redactor.register(SECRET)
+    assert redactor(f"key {SECRET} end") == f"key {REDACTED} end"
 
 
 def test_redactor_leaves_ordinary_text_alone():
