@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,75 @@ async def test_files_written_in_a_renamed_folder_are_taken_by_their_events(root)
 async def _scans(source: DirectorySource, count: int) -> None:
     while source.scans_completed < count:
         await asyncio.sleep(0.02)
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_removed_root_is_reported_and_watched_again_once_back(root):
+    """rm -rf outbox && mkdir outbox: the old watch died with the folder, and with a long
+    rescan interval nothing but the root check would ever look at the new one."""
+    recorder = Recorder()
+    source, task = await running(root, recorder, rescan=3600)
+    try:
+        (root / "before.dat").write_bytes(b"before")
+        await recorder.wait_for(root / "before.dat")
+        assert source.problem() is None
+        shutil.rmtree(root)
+        await _until(lambda: source.problem() is not None)
+        assert str(root) in source.problem() and "is gone" in source.problem()
+        root.mkdir()
+        (root / "early.dat").write_bytes(b"landed before the folder was watched again")
+        await recorder.wait_for(root / "early.dat")
+        (root / "later.dat").write_bytes(b"landed after")
+        await recorder.wait_for(root / "later.dat")
+        assert source.problem() is None
+    finally:
+        await stopped(task)
+
+
+async def test_a_root_renamed_away_gives_way_to_the_new_folder(root, tmp_path):
+    """mv outbox outbox.1 && mkdir outbox (a rotation): the watches followed the old folder
+    away; the new one at the path is watched from then on."""
+    recorder = Recorder()
+    source, task = await running(root, recorder, rescan=3600)
+    try:
+        root.rename(tmp_path / "outbox.1")
+        root.mkdir()
+        (root / "new.dat").write_bytes(b"in the new folder")
+        await recorder.wait_for(root / "new.dat")
+        await _until(lambda: source._inotify is not None)
+        (tmp_path / "outbox.1" / "old.dat").write_bytes(b"left behind")
+        (root / "newer.dat").write_bytes(b"after")
+        await recorder.wait_for(root / "newer.dat")
+        assert root / "old.dat" not in recorder.submitted
+        assert source._inotify is not None and len(source._inotify.watches) == 1
+    finally:
+        await stopped(task)
+
+
+async def test_a_symlinked_root_follows_its_new_target(tmp_path):
+    """outbox -> releases/a, then retargeted to releases/b (ln -sfn): the new target's files
+    are taken, by events from then on."""
+    for name in ("a", "b"):
+        (tmp_path / "releases" / name).mkdir(parents=True)
+    link = tmp_path / "outbox"
+    link.symlink_to(tmp_path / "releases" / "a")
+    recorder = Recorder()
+    source, task = await running(link, recorder, rescan=3600)
+    try:
+        (tmp_path / "releases" / "b" / "waiting.dat").write_bytes(b"there before the switch")
+        swap = tmp_path / "outbox.new"
+        swap.symlink_to(tmp_path / "releases" / "b")
+        swap.replace(link)
+        await recorder.wait_for(link / "waiting.dat")
+        await _until(lambda: source.scans_completed >= 2)
+        (link / "after.dat").write_bytes(b"written through the new link")
+        await recorder.wait_for(link / "after.dat")
+        assert source.problem() is None
+    finally:
+        await stopped(task)

@@ -93,6 +93,31 @@ def test_readiness_fails_when_the_journal_cannot_be_written(daemon_config, daemo
     daemon.kill()
 
 
+@pytest.mark.timeout(60)
+def test_readiness_fails_while_the_watched_folder_is_gone(daemon_config, daemon_factory, s3,
+                                                          bucket, tmp_path):
+    """The folder removed (a volume unmounted, rm -rf): not ready, saying why, until a folder
+    is back at the path; then its files go up."""
+    config = daemon_config(janitor={"enabled": False}, source={"rescan_interval_seconds": 3600})
+    outbox = tmp_path / "outbox"
+    daemon = daemon_factory(config)
+    base = endpoint(daemon)
+    wait_until(lambda: get(f"{base}/readyz")[0] == 200, what="ready")
+    shutil.rmtree(outbox)
+    status, text = wait_until(lambda: (r := get(f"{base}/readyz"))[0] == 503 and r,
+                              what="not ready without the watched folder")
+    assert "s3: ok" in text and "journal: ok" in text
+    assert f"source: {outbox} is gone since" in text
+    outbox.mkdir()
+    (outbox / "back.txt").write_bytes(b"written once the folder was back")
+    wait_until(lambda: get(f"{base}/readyz")[0] == 200, what="ready again")
+    wait_until(lambda: object_bytes(s3, bucket, "incoming/back.txt") is not None,
+               what="the file in the new folder uploaded")
+    assert daemon.terminate() == 0
+    log = daemon.log()
+    assert f"{outbox} is gone" in log and f"{outbox} is back" in log
+
+
 @pytest.mark.timeout(30)
 def test_health_exits_1_with_the_reason_when_no_daemon_answers(daemon_config, tmp_path):
     port = free_port()

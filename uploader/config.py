@@ -395,8 +395,9 @@ class LoggingConfig(Section):
 class MetricsConfig(Section):
     enabled: bool = Field(
         True, description="Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and "
-        "readiness (`/readyz`: the bucket answers HeadBucket with these credentials and the "
-        "journal is writable) over HTTP on `listen`. `uploader health` asks `/readyz`.")
+        "readiness (`/readyz`: the bucket answers HeadBucket with these credentials, the "
+        "journal is writable and the watched folder is there) over HTTP on `listen`. "
+        "`uploader health` asks `/readyz`.")
     listen: Listen = Field(
         "127.0.0.1:9100",
         description="`host:port` to serve on; `0.0.0.0:9100` for every interface (in a "

@@ -11,6 +11,8 @@
   the journal's write lock taken and released on a connection of its own).
   Neither check goes through the retry layer: readiness reports the present,
   not what retries might achieve.
+  A directory daemon also needs its watched folder: one removed, moved away or
+  unmounted makes it not ready until a folder is back at that path.
 - `check_ready` asks a running daemon's `/readyz` for `uploader health`:
   exit 0 when ready, 1 otherwise (Docker reserves 2), with the reason.
 """
@@ -80,15 +82,18 @@ class ReadyReport:
 
 
 class Readiness:
-    """Can the daemon upload now? Bucket reachable with these credentials, journal writable."""
+    """Can the daemon upload now? Bucket reachable with these credentials, journal writable,
+    and (`source_problem`, when given) the source able to find files."""
 
     def __init__(self, *, client: Any, bucket: str, state_dir: Path, journal_path: Path | str,
+                 source_problem: Callable[[], str | None] | None = None,
                  s3_timeout_seconds: float = S3_TIMEOUT_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._bucket = bucket
         self._state_dir = state_dir
         self._journal_path = Path(journal_path)
+        self._source_problem = source_problem
         self._timeout = s3_timeout_seconds
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -99,8 +104,12 @@ class Readiness:
             if self._last is not None and self._clock() - self._last[0] < READY_CACHE_SECONDS:
                 return self._last[1]
             s3, journal = await asyncio.gather(self._s3(), asyncio.to_thread(self._journal))
-            report = ReadyReport(ready=s3 is None and journal is None,
-                                 checks={"s3": s3 or "ok", "journal": journal or "ok"})
+            problems = {"s3": s3, "journal": journal}
+            if self._source_problem is not None:
+                problems["source"] = self._source_problem()
+            report = ReadyReport(ready=not any(problems.values()),
+                                 checks={name: problem or "ok"
+                                         for name, problem in problems.items()})
             self._last = (self._clock(), report)
             return report
 

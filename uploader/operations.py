@@ -62,7 +62,8 @@ async def operations(config: Config, *, svc: Services, workers: Workforce,
     try:
         if metrics is not None:
             readiness = Readiness(client=svc.pipeline.ctx.client, bucket=config.s3.bucket,
-                                  state_dir=config.state_dir, journal_path=svc.journal.path)
+                                  state_dir=config.state_dir, journal_path=svc.journal.path,
+                                  source_problem=watcher.problem if watcher else None)
             runner = await _serve(config.metrics.listen, _app(metrics, monitor, readiness))
         yield reloader
     finally:

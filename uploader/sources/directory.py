@@ -17,6 +17,12 @@ front), so a file that lands after its folder's listing raises an event, and
 the first files of a tree with a million of them go on within milliseconds
 instead of after a walk of the whole tree.
 
+The root itself is checked every `ROOT_CHECK_SECONDS`: removed, renamed away
+or unmounted, it is reported missing (readiness says so) and rescans pause;
+once a folder stands at its path again (a new one, or a file system mounted
+there), inotify starts afresh (the old watches followed the old folder's
+inodes, wherever they went) and a full rescan takes what landed meanwhile.
+
 On systems without inotify, or when the user's inotify limits are reached
 (`fs.inotify.max_user_instances`, `max_user_watches`: shared by every process of
 the user, all root containers of a host together), rescans alone find files, in
@@ -26,7 +32,6 @@ the folders they could not watch; the log names the limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -51,6 +56,7 @@ Submit = Callable[[Path, str, Signature | None], Awaitable[None]]
 # Whether a file a rescan finds is known to be uploaded as it is (then not submitted).
 KnownUploaded = Callable[[Path, str, Signature], bool]
 SETTLE_TICK_SECONDS = 0.1
+ROOT_CHECK_SECONDS = 1.0  # one stat a second: how soon a removed or replaced root is seen
 
 
 @dataclass
@@ -82,24 +88,30 @@ class DirectorySource:
         self._ready = asyncio.Event()
         self._inotify: "Inotify | None" = None
         self._watch_limit_reached = False  # warned once: fs.inotify.max_user_watches
+        self._root_missing_since: float | None = None  # wall clock
         self.scans_completed = 0
 
     async def run(self) -> None:
         """Watch, scan and settle until cancelled."""
-        with contextlib.ExitStack() as stack:
-            self._inotify = self._open_inotify(stack)
-            async with asyncio.TaskGroup() as group:
-                if self._inotify is not None:
-                    group.create_task(self._watch(self._inotify), name="watch")
-                group.create_task(self._rescan_loop(), name="rescan")
-                group.create_task(self._settle_loop(), name="settle")
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch(), name="watch")
+            group.create_task(self._rescan_loop(), name="rescan")
+            group.create_task(self._settle_loop(), name="settle")
 
-    def _open_inotify(self, stack: contextlib.ExitStack) -> "Inotify | None":
+    def problem(self) -> str | None:
+        """What keeps this source from finding files now (for readiness), or None."""
+        if self._root_missing_since is None:
+            return None
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._root_missing_since))
+        return (f"{self.root} is gone since {since} (removed, moved away or unmounted); "
+                "waiting for it to be back")
+
+    def _open_inotify(self) -> "Inotify | None":
         """An inotify instance, or None (with a warning saying why) to rely on rescans."""
         reason = "inotify is not available"
         if Inotify is not None:
             try:
-                return stack.enter_context(Inotify())
+                return Inotify()
             except OSError as exc:
                 reason = f"cannot use inotify: {exc.strerror or exc}"
                 if exc.errno == errno.EMFILE:
@@ -128,6 +140,8 @@ class DirectorySource:
             except TimeoutError:
                 timed_out = True
             self._wake.clear()
+            if self._root_missing_since is not None:
+                continue  # nothing to list: the root's return asks for a full rescan
             if timed_out or self._full_rescan:
                 self._full_rescan = False
                 self._subtrees.clear()
@@ -203,10 +217,54 @@ class DirectorySource:
 
     # -- inotify ----------------------------------------------------------
 
-    async def _watch(self, inotify: "Inotify") -> None:
+    async def _watch(self) -> None:
+        """Follow inotify's events while the root stays the folder watched; when another
+        folder stands at its path, start afresh there."""
+        identity = _identity(self.root)
+        while True:
+            self._inotify = self._open_inotify()
+            following = None
+            if self._inotify is not None:
+                following = asyncio.create_task(self._follow(self._inotify), name="inotify")
+            try:
+                identity = await self._until_root_replaced(identity)
+            finally:
+                if following is not None:
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                if self._inotify is not None:
+                    self._inotify.close()  # with it every watch on the old tree
+                    self._inotify = None
+            self._writing.clear()  # what was open for writing was in the old tree
+            self._full_rescan = True  # with the new instance's watches
+            self._wake.set()
+
+    async def _follow(self, inotify: "Inotify") -> None:
         # Folders get their watches from the scan (`_watch_folder`), each before it is listed.
         async for event in inotify:
             self._on_event(inotify, event, _mask())
+
+    async def _until_root_replaced(self, identity: tuple[int, int] | None) -> tuple[int, int]:
+        """Checks the root every ROOT_CHECK_SECONDS; returns the identity of the folder
+        found at its path once it differs from `identity` (gone in between, or not)."""
+        while True:
+            await asyncio.sleep(ROOT_CHECK_SECONDS)
+            current = _identity(self.root)
+            if current == identity:
+                continue
+            if current is not None:
+                if self._root_missing_since is not None:
+                    log.warning("%s is back; watching it and rescanning", self.root)
+                else:
+                    log.warning("%s is another folder now (replaced or mounted over); "
+                                "watching it and rescanning", self.root)
+                self._root_missing_since = None
+                return current
+            if self._root_missing_since is None:
+                self._root_missing_since = self._wall_clock()
+                log.warning("%s is gone (removed, moved away or unmounted); its files are "
+                            "taken again once a folder is back at that path", self.root)
+            identity = None
 
     def _watch_folder(self, folder: Path) -> None:
         if self._inotify is not None:
@@ -286,6 +344,15 @@ class DirectorySource:
         except OSError:
             return False
         return stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder at this path now (following symlinks), or None."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _mask() -> "Mask":
