@@ -108,9 +108,11 @@ def test_readiness_fails_while_the_watched_folder_is_gone(daemon_config, daemon_
                               what="not ready without the watched folder")
     assert "s3: ok" in text and "journal: ok" in text
     assert f"source: {outbox} is gone since" in text
+    assert "uploader_source_available 0.0" in get(f"{base}/metrics")[1]
     outbox.mkdir()
     (outbox / "back.txt").write_bytes(b"written once the folder was back")
     wait_until(lambda: get(f"{base}/readyz")[0] == 200, what="ready again")
+    assert "uploader_source_available 1.0" in get(f"{base}/metrics")[1]
     wait_until(lambda: object_bytes(s3, bucket, "incoming/back.txt") is not None,
                what="the file in the new folder uploaded")
     assert daemon.terminate() == 0

@@ -67,8 +67,10 @@ class DaemonMetrics:
     def __init__(self, *, svc: Services, settings: Callable[[], Config],
                  workers: Workforce | None = None,
                  loop_lag: Callable[[], float] | None = None,
+                 source_problem: Callable[[], str | None] | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
-        """`workers`: what hands files to the pipeline (default: the worker pool)."""
+        """`workers`: what hands files to the pipeline (default: the worker pool).
+        `source_problem`: the watched directory's (None: no directory watched)."""
         self.registry = CollectorRegistry()
         self.clock = wall_clock
         self.upload_seconds = Histogram(
@@ -88,7 +90,8 @@ class DaemonMetrics:
         self.backlog = JournalBacklog(svc.journal.path)
         self.registry.register(_DaemonCollector(self, svc=svc, settings=settings,
                                                 workers=workers or svc.pool,
-                                                loop_lag=loop_lag))
+                                                loop_lag=loop_lag,
+                                                source_problem=source_problem))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         svc.pipeline.listeners.append(self.on_outcome)
@@ -171,12 +174,14 @@ class _DaemonCollector(Collector):
     """Reads the daemon's live objects at scrape time (in the event loop's thread)."""
 
     def __init__(self, metrics: DaemonMetrics, *, svc: Services, settings: Callable[[], Config],
-                 workers: Workforce, loop_lag: Callable[[], float] | None) -> None:
+                 workers: Workforce, loop_lag: Callable[[], float] | None,
+                 source_problem: Callable[[], str | None] | None) -> None:
         self._metrics = metrics
         self._svc = svc
         self._workers = workers
         self._settings = settings
         self._loop_lag = loop_lag
+        self._source_problem = source_problem
         # Not reloadable: the semaphore in the transfer context was sized at start.
         self._max_parts = svc.config.transfer.max_parts_in_flight
 
@@ -315,6 +320,11 @@ class _DaemonCollector(Collector):
             yield GaugeMetricFamily("uploader_event_loop_lag_seconds", "How late the event "
                                     "loop ran a timer lately (a busy or blocked loop).",
                                     value=self._loop_lag())
+        if self._source_problem is not None:
+            yield GaugeMetricFamily("uploader_source_available", "1 while the watched "
+                                    "directory (source.directory) is there, 0 while it is "
+                                    "gone (removed, moved away or unmounted).",
+                                    value=0 if self._source_problem() else 1)
         yield GaugeMetricFamily("uploader_clock_offset_seconds", "Seconds the S3 server's "
                                 "clock is ahead of the local one, as learned from a "
                                 "RequestTimeTooSkewed (0 until one); requests are signed with "

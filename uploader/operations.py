@@ -46,7 +46,8 @@ async def operations(config: Config, *, svc: Services, workers: Workforce,
     metrics = None
     if config.metrics.enabled:
         metrics = DaemonMetrics(svc=svc, settings=lambda: reloader.config, workers=workers,
-                                loop_lag=monitor.lag)
+                                loop_lag=monitor.lag,
+                                source_problem=watcher.problem if watcher else None)
     reloader = Reloader(path=config_path or Path(), config=config,
                         targets=LiveTargets(limiter=svc.retry.limiter, pool=workers,
                                             watcher=watcher),
