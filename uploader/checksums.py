@@ -3,7 +3,8 @@
 `md5` goes in Content-MD5, which AWS and every S3-compatible server check.
 The others use the `x-amz-checksum-*` headers as plain headers (never
 aws-chunked trailers, which several S3-compatible servers reject).
-`auto` (the default) is `crc32c` on AWS and `md5` elsewhere.
+`auto` (the default) is `crc32c` on AWS; elsewhere `md5` until the server shows it
+verifies `crc32c` (`uploader.checksum_choice`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ _DIGESTS: dict[str, Callable[[bytes], bytes]] = {
 
 
 def resolve(setting: str, endpoint_url: str | None) -> str:
-    """The algorithm `transfer.checksum` stands for with this endpoint.
+    """The algorithm `transfer.checksum` stands for with this endpoint, at start
+    (`uploader.checksum_choice` may move `auto` to crc32c off AWS).
 
     `auto`: `crc32c` on AWS (no endpoint set, or an amazonaws.com one): every
     region verifies it, and it costs a fraction of MD5's CPU per byte

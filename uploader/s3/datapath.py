@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import ssl
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping, Protocol
 
 import aiohttp
@@ -35,6 +36,7 @@ from uploader.s3.wire import MAX_ERROR_BODY, HeaderMap, error_from_response
 
 # Idle connections are closed after this long (S3 closes its side after ~20 s).
 KEEPALIVE_SECONDS = 15.0
+CRC32C_HEADER = "x-amz-checksum-crc32c"  # aiohttp's headers are case-insensitive
 # Bodies from this size go out in a write of their own, not copied behind the head.
 SEPARATE_WRITE_FROM = 64 * 1024
 # A large body goes out in writes of this size, each allowed `read_timeout_seconds`:
@@ -46,13 +48,22 @@ WRITE_CHUNK = 1024 * 1024
 Body = bytes | memoryview  # a small file read whole, or a view of a reused part buffer
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A PutObject's answer."""
+
+    etag: str  # without quotes
+    checksum_crc32c: str | None  # its x-amz-checksum-crc32c (see uploader.checksum_choice)
+
+
 class DataPath(Protocol):
-    """Sends object bytes; returns the ETag (without quotes). Raises on a non-2xx answer."""
+    """Sends object bytes; a part's answer is its ETag (without quotes). Raises on a
+    non-2xx answer."""
 
     name: str
 
     async def put_object(self, *, bucket: str, key: str, body: Body,
-                         params: Mapping[str, Any], what: str) -> str: ...
+                         params: Mapping[str, Any], what: str) -> Stored: ...
 
     async def upload_part(self, *, bucket: str, key: str, upload_id: str, part_number: int,
                           body: Body, params: Mapping[str, Any], what: str) -> str: ...
@@ -75,9 +86,9 @@ class BotocoreDataPath:
         self.client = client
 
     async def put_object(self, *, bucket: str, key: str, body: Body,
-                         params: Mapping[str, Any], what: str) -> str:
+                         params: Mapping[str, Any], what: str) -> Stored:
         response = await self.client.put_object(Bucket=bucket, Key=key, Body=body, **params)
-        return _etag(response.get("ETag"), what=what)
+        return Stored(_etag(response.get("ETag"), what=what), response.get("ChecksumCRC32C"))
 
     async def upload_part(self, *, bucket: str, key: str, upload_id: str, part_number: int,
                           body: Body, params: Mapping[str, Any], what: str) -> str:
@@ -127,22 +138,26 @@ class AiohttpDataPath:
         return ProxyConfiguration(proxies=proxies).proxy_url_for(url)
 
     async def put_object(self, *, bucket: str, key: str, body: Body,
-                         params: Mapping[str, Any], what: str) -> str:
+                         params: Mapping[str, Any], what: str) -> Stored:
         endpoint, signer, proxy = await self._bucket(bucket)
-        return await self._put(signer, endpoint.object_url(key), proxy=proxy, body=body,
-                               headers=self._put_headers.headers(params),
-                               payload=payload_hash(params, body), what=what)
+        answer = await self._put(signer, endpoint.object_url(key), proxy=proxy, body=body,
+                                 headers=self._put_headers.headers(params),
+                                 payload=payload_hash(params, body), what=what)
+        return Stored(_etag(answer.get("ETag"), what=what), answer.get(CRC32C_HEADER))
 
     async def upload_part(self, *, bucket: str, key: str, upload_id: str, part_number: int,
                           body: Body, params: Mapping[str, Any], what: str) -> str:
         endpoint, signer, proxy = await self._bucket(bucket)
         url = endpoint.part_url(key, upload_id=upload_id, part_number=part_number)
-        return await self._put(signer, url, proxy=proxy, body=body,
-                               headers=self._part_headers.headers(params),
-                               payload=payload_hash(params, body), what=what)
+        answer = await self._put(signer, url, proxy=proxy, body=body,
+                                 headers=self._part_headers.headers(params),
+                                 payload=payload_hash(params, body), what=what)
+        return _etag(answer.get("ETag"), what=what)
 
     async def _put(self, signer: RequestSigner, url: str, *, proxy: str | None, body: Body,
-                   headers: dict[str, str], payload: str, what: str) -> str:
+                   headers: dict[str, str], payload: str,
+                   what: str) -> Mapping[str, str]:
+        """The answer's headers."""
         signed = await signer.sign(method="PUT", url=url, headers=headers, payload_hash=payload)
         # encoded=True: the path and query go out exactly as signed (yarl would re-encode).
         async with self._http.put(URL(url, encoded=True),
@@ -154,7 +169,7 @@ class AiohttpDataPath:
                                           headers=response.headers,
                                           body=await _read_limited(response), what=what)
             await response.read()  # empty; read so the connection goes back to the pool
-            return _etag(response.headers.get("ETag"), what=what)
+            return response.headers
 
 
 class _Body(aiohttp.BytesPayload):

@@ -8,7 +8,7 @@ import mimetypes
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
-from uploader.checksums import resolve as resolve_checksum
+from uploader.checksum_choice import ChecksumChoice
 from uploader.config import Config
 from uploader.errors import PermanentError
 from uploader.journal import Journal
@@ -38,7 +38,7 @@ class TransferContext:
     bucket: str
     retry: RetryPolicy
     journal: Journal
-    checksum: str
+    checksums: ChecksumChoice  # for new uploads; a multipart upload keeps its own
     multipart_threshold: int
     part_size: int
     part_slots: asyncio.Semaphore
@@ -61,7 +61,7 @@ class TransferContext:
             params["SSEKMSKeyId"] = s3.sse_kms_key_id
         return cls(client=client, data=data or BotocoreDataPath(client), bucket=s3.bucket,
                    retry=retry, journal=journal,
-                   checksum=resolve_checksum(t.checksum, s3.endpoint_url),
+                   checksums=ChecksumChoice(t.checksum, s3.endpoint_url),
                    multipart_threshold=t.multipart_threshold, part_size=t.part_size,
                    part_slots=asyncio.Semaphore(t.max_parts_in_flight),
                    parts_per_file=t.max_parts_in_flight,

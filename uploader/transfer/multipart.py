@@ -94,9 +94,10 @@ async def _resume_or_create(ctx: TransferContext, job: FileJob, *, part_size: in
     """The journaled upload of this file if it can go on, else a new one; True if resumed."""
     previous = ctx.journal.find_upload(str(job.path))
     if previous is not None:
-        if (previous.key, previous.size, previous.mtime_ns, previous.part_size,
-                previous.checksum) == (job.key, job.size, job.signature.mtime_ns, part_size,
-                                       ctx.checksum) and await _same_file(ctx, job, previous):
+        same_settings = ((previous.key, previous.size, previous.mtime_ns, previous.part_size)
+                         == (job.key, job.size, job.signature.mtime_ns, part_size)
+                         and ctx.checksums.can_resume(previous.checksum))
+        if same_settings and await _same_file(ctx, job, previous):
             log.info("resuming multipart upload of %s", job.path,
                      extra={"file": str(job.path), "key": job.key})
             return previous, True
@@ -170,14 +171,15 @@ async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
                   total: int) -> UploadRecord:
     st = _stat(job)  # before any part is read: a later change moves its ctime
     params = ctx.object_params(job)
-    if ctx.checksum in ALGORITHM:
-        params["ChecksumAlgorithm"] = ALGORITHM[ctx.checksum]
+    algorithm = ctx.checksums.algorithm  # this upload's, for all its parts, whatever comes
+    if algorithm in ALGORITHM:
+        params["ChecksumAlgorithm"] = ALGORITHM[algorithm]
     response = await ctx.call(
         lambda: ctx.client.create_multipart_upload(Bucket=ctx.bucket, Key=job.key, **params),
         key=job.key, what=ctx.describe(job, "CreateMultipartUpload"))
     record = UploadRecord(path=str(job.path), key=job.key, upload_id=response["UploadId"],
                           size=job.size, mtime_ns=job.signature.mtime_ns, part_size=part_size,
-                          parts=total, checksum=ctx.checksum, created_at=time.time(),
+                          parts=total, checksum=algorithm, created_at=time.time(),
                           inode=st.st_ino, ctime_ns=st.st_ctime_ns)
     ctx.journal.start_upload(record)
     await ctx.journal.durable()  # resumable from here on
@@ -267,8 +269,8 @@ async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, f
         buffer = ctx.memory.buffer(length)
         try:
             checksum = await asyncio.to_thread(_read_part, fd, buffer, offset=offset, job=job,
-                                               algorithm=ctx.checksum)
-            params = {PARAMETER[ctx.checksum]: checksum} if checksum else {}
+                                               algorithm=upload.checksum)
+            params = {PARAMETER[upload.checksum]: checksum} if checksum else {}
             body = memoryview(buffer)
             etag = await ctx.call(
                 lambda: ctx.data.upload_part(bucket=ctx.bucket, key=upload.key,
@@ -291,7 +293,7 @@ def _read_part(fd: int, buffer: bytearray, *, offset: int, job: FileJob,
 
 async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> str:
     parts = ctx.journal.parts(upload.upload_id)
-    listing = [_completed_part(ctx.checksum, parts[n]) for n in sorted(parts)]
+    listing = [_completed_part(upload.checksum, parts[n]) for n in sorted(parts)]
     try:
         response = await ctx.call(
             lambda: ctx.client.complete_multipart_upload(

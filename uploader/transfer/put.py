@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Callable
 
-from uploader.checksums import request_parameters
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import (
     FileJob,
@@ -23,24 +23,28 @@ INLINE_READ_LIMIT = 256 * 1024
 
 async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
     async with ctx.memory.hold(job.size):
-        body, checksum = await _read_whole(job, ctx.checksum)
+        body, checksum = await _read_whole(job, ctx.checksums.put_parameters)
         params = {**ctx.object_params(job), **checksum, **create_only_condition(job)}
         what = ctx.describe(job, "PUT")
-        etag = await ctx.call(
+        stored = await ctx.call(
             lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
                                         params=params, what=what),
             key=job.key, nbytes=len(body), what=what)
-    return UploadResult(etag=etag, size=len(body))
+    ctx.checksums.learn(checksum, stored.checksum_crc32c)
+    return UploadResult(etag=stored.etag, size=len(body))
 
 
-async def _read_whole(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
+Checksums = Callable[[bytes], dict[str, str]]  # a body's checksum parameters
+
+
+async def _read_whole(job: FileJob, checksums: Checksums) -> tuple[bytes, dict[str, str]]:
     if job.size <= INLINE_READ_LIMIT:
         body = await _read_inline(job)
         if body is not None:
-            return body, request_parameters(algorithm, body)
+            return body, checksums(body)
     # Open to close in the thread: a cancelled caller must not close the
     # descriptor under a read still running there.
-    return await asyncio.to_thread(_read_checked, job, algorithm)
+    return await asyncio.to_thread(_read_checked, job, checksums)
 
 
 async def _read_inline(job: FileJob) -> bytes | None:
@@ -55,11 +59,11 @@ async def _read_inline(job: FileJob) -> bytes | None:
         os.close(fd)
 
 
-def _read_checked(job: FileJob, algorithm: str) -> tuple[bytes, dict[str, str]]:
+def _read_checked(job: FileJob, checksums: Checksums) -> tuple[bytes, dict[str, str]]:
     fd = open_for_upload(job)
     try:
         body = read_range(fd, offset=0, length=job.size, path=job.path)
         ensure_read_unchanged(fd, job)
     finally:
         os.close(fd)
-    return body, request_parameters(algorithm, body)
+    return body, checksums(body)

@@ -1,0 +1,150 @@
+"""`transfer.checksum: auto` off AWS: md5, until the server's answer shows it verifies
+crc32c. Units, then real uploads to SeaweedFS (which echoes and verifies
+x-amz-checksum-crc32c) and to SeaweedFS behind a proxy that hides the echo."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from test_fastpath import data_requests, make_config
+from uploader.checksum_choice import ChecksumChoice
+from uploader.checksums import checksum_b64
+from uploader.journal import Journal, PartRecord, UploadRecord
+from uploader.pipeline import Outcome
+from uploader.wiring import services
+
+ELSEWHERE = "http://127.0.0.1:9000"
+BODY = b"some bytes to check"
+MiB = 1024 * 1024
+
+
+def test_off_aws_it_sends_both_until_an_answer_echoes_crc32c():
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    sent = choice.put_parameters(BODY)
+    assert sent == {"ContentMD5": checksum_b64("md5", BODY),
+                    "ChecksumCRC32C": checksum_b64("crc32c", BODY)}
+    choice.learn(sent, sent["ChecksumCRC32C"])
+    assert choice.algorithm == "crc32c" and not choice.learning
+    assert choice.put_parameters(BODY) == {"ChecksumCRC32C": checksum_b64("crc32c", BODY)}
+    choice.learn(sent, None)  # a later answer (sent before the switch) changes nothing
+    assert choice.algorithm == "crc32c"
+
+
+@pytest.mark.parametrize("answered", [None, "AAAAAA=="])
+def test_an_answer_without_the_same_crc32c_settles_on_md5(answered):
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    choice.learn(choice.put_parameters(BODY), answered)
+    assert choice.algorithm == "md5" and not choice.learning
+    assert choice.put_parameters(BODY) == {"ContentMD5": checksum_b64("md5", BODY)}
+
+
+@pytest.mark.parametrize("endpoint", [None, "https://s3.eu-west-1.amazonaws.com"])
+def test_on_aws_auto_is_crc32c_from_the_start(endpoint):
+    choice = ChecksumChoice("auto", endpoint)
+    assert choice.algorithm == "crc32c" and not choice.learning
+    assert choice.put_parameters(BODY) == {"ChecksumCRC32C": checksum_b64("crc32c", BODY)}
+    assert choice.can_resume("crc32c") and not choice.can_resume("md5")
+
+
+@pytest.mark.parametrize("setting", ["md5", "crc32", "sha256", "none"])
+def test_a_chosen_checksum_is_kept_whatever_the_answers(setting):
+    choice = ChecksumChoice(setting, ELSEWHERE)
+    sent = choice.put_parameters(BODY)
+    assert "ChecksumCRC32C" not in sent
+    choice.learn(sent, checksum_b64("crc32c", BODY))
+    assert choice.algorithm == setting
+    assert choice.can_resume(setting) and not choice.can_resume("crc32c")
+
+
+def test_under_auto_an_upload_made_with_either_algorithm_resumes():
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    assert choice.can_resume("md5") and choice.can_resume("crc32c")
+    assert not choice.can_resume("sha256")
+
+
+def checksum_headers(record) -> set[str]:
+    return {name for name in record.headers if name in ("content-md5", "x-amz-checksum-crc32c")}
+
+
+def write_files(tmp_path, sizes: dict[str, int]) -> dict[str, bytes]:
+    files = {name: os.urandom(size) for name, size in sizes.items()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return files
+
+
+async def upload(tmp_path, fault_proxy, bucket, names, *, journal: Journal | None = None,
+                 data_path: str = "aiohttp"):
+    config = make_config(tmp_path, fault_proxy.url, bucket, transfer={"data_path": data_path})
+    own = journal is None
+    journal = journal or Journal(":memory:")
+    try:
+        async with services(config, journal=journal) as svc:
+            for name in names:  # one after the other: the first answer comes before the next
+                assert await svc.pipeline.process(tmp_path / name, name) is Outcome.UPLOADED
+            return svc.pipeline.ctx.checksums.algorithm
+    finally:
+        if own:
+            journal.close()
+
+
+ECHOED = [{"content-md5", "x-amz-checksum-crc32c"}] + [{"x-amz-checksum-crc32c"}] * 4
+NOT_ECHOED = [{"content-md5", "x-amz-checksum-crc32c"}] + [{"content-md5"}] * 4
+
+
+@pytest.mark.parametrize("data_path", ["aiohttp", "botocore"])
+@pytest.mark.parametrize("echoed, learned, headers, algorithm", [
+    (True, "crc32c", ECHOED, "CRC32C"),  # SeaweedFS as it is
+    (False, "md5", NOT_ECHOED, None),  # its answers without x-amz-checksum-crc32c
+], ids=["echoed", "not-echoed"])
+async def test_the_first_put_answer_decides_what_later_uploads_carry(
+        echoed, learned, headers, algorithm, data_path, tmp_path, s3_server, s3_env, bucket, s3,
+        fault_proxy):
+    """Two PUTs then a two-part upload, one after the other: the first PUT carries both
+    checksums, the rest what its answer taught (the multipart upload declares it too)."""
+    if not echoed:
+        fault_proxy.hidden_response_headers = {"x-amz-checksum-crc32c"}
+    files = write_files(tmp_path, {"a.txt": 1000, "b.txt": 2000, "big.bin": 2 * 5 * MiB + 7})
+    assert await upload(tmp_path, fault_proxy, bucket, files, data_path=data_path) == learned
+    assert [checksum_headers(r) for r in data_requests(fault_proxy)] == headers
+    create = fault_proxy.records(method="POST", forwarded=True)[0]
+    assert create.headers.get("x-amz-checksum-algorithm") == algorithm
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
+async def test_an_md5_upload_resumed_after_the_switch_keeps_md5_for_its_parts(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """A multipart upload parked with md5 (a previous run), resumed after this run learned
+    crc32c: its remaining part carries Content-MD5, as the parts already stored do, and
+    its completion lists no crc32c."""
+    part = 5 * MiB
+    files = write_files(tmp_path, {"first.txt": 100, "parked.bin": 2 * part + 99})
+    data, path = files["parked.bin"], tmp_path / "parked.bin"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="parked.bin")["UploadId"]
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.start_upload(UploadRecord(
+        path=str(path), key="parked.bin", upload_id=upload_id, size=len(data),
+        mtime_ns=path.stat().st_mtime_ns, part_size=part, parts=3, checksum="md5",
+        created_at=time.time(), inode=path.stat().st_ino, ctime_ns=path.stat().st_ctime_ns))
+    for number in (1, 2):
+        body = data[(number - 1) * part:number * part]
+        etag = s3.upload_part(Bucket=bucket, Key="parked.bin", UploadId=upload_id,
+                              PartNumber=number, Body=body)["ETag"].strip('"')
+        journal.record_part(upload_id, PartRecord(number, len(body), etag,
+                                                  checksum_b64("md5", body)))
+    journal.set_state(str(path), size=len(data), mtime_ns=path.stat().st_mtime_ns,
+                      key="parked.bin", status="uploading")
+    try:
+        assert await upload(tmp_path, fault_proxy, bucket, ["first.txt", "parked.bin"],
+                            journal=journal) == "crc32c"
+    finally:
+        journal.close()
+    puts = data_requests(fault_proxy)
+    assert [checksum_headers(r) for r in puts] == [
+        {"content-md5", "x-amz-checksum-crc32c"}, {"content-md5"}]
+    assert puts[1].query_params.get("uploadId") == upload_id  # resumed, not made anew
+    assert s3.get_object(Bucket=bucket, Key="parked.bin")["Body"].read() == data

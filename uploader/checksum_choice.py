@@ -1,0 +1,64 @@
+"""Which integrity checksum new uploads carry, learned from the server under `auto`.
+
+`transfer.checksum: auto` is `crc32c` on AWS from the start: every region
+verifies `x-amz-checksum-crc32c`. Elsewhere it starts as `md5` (Content-MD5,
+the one check every S3-compatible server makes), and PutObject requests carry
+`x-amz-checksum-crc32c` as well until the first answer:
+
+- a server that knows the flexible checksums echoes `x-amz-checksum-crc32c`
+  with the value sent, as AWS does, and verifies it (SeaweedFS answers a wrong
+  one with BadDigest, as MinIO and Ceph RGW do): from then on new uploads
+  carry crc32c alone, at a fraction of MD5's CPU per byte;
+- an answer without it settles on md5, and the extra header stops.
+
+Only single PUTs teach. A multipart upload declares its algorithm when it is
+created and keeps it for every part, its completion and its resumption (it is
+journaled with the upload), whatever the choice for new uploads becomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+from uploader.checksums import PARAMETER, is_aws, request_parameters, resolve
+
+log = logging.getLogger(__name__)
+
+LEARNED = "crc32c"  # what a server that echoes it gets
+LEARNED_PARAMETER = PARAMETER[LEARNED]
+
+
+class ChecksumChoice:
+    def __init__(self, setting: str, endpoint_url: str | None) -> None:
+        self.algorithm = resolve(setting, endpoint_url)  # for new PUTs and multipart uploads
+        self.adaptive = setting == "auto" and not is_aws(endpoint_url)
+        self.learning = self.adaptive
+
+    def put_parameters(self, body: bytes | memoryview) -> dict[str, str]:
+        """botocore parameters carrying the checksum(s) of a PutObject's body."""
+        params = request_parameters(self.algorithm, body)
+        if self.learning:
+            params.update(request_parameters(LEARNED, body))
+        return params
+
+    def learn(self, sent: Mapping[str, str], answered: str | None) -> None:
+        """After a PutObject was stored: `sent`, its checksum parameters; `answered`, the
+        `x-amz-checksum-crc32c` of the server's answer (None without one)."""
+        if not self.learning or LEARNED_PARAMETER not in sent:
+            return
+        self.learning = False  # the first answer decides; PUTs still in flight follow it
+        if answered == sent[LEARNED_PARAMETER]:
+            self.algorithm = LEARNED
+            log.info("the server verifies x-amz-checksum-crc32c: sending it instead of "
+                     "Content-MD5 from now on (transfer.checksum: auto)")
+        else:
+            log.info("the server does not answer x-amz-checksum-crc32c: sending Content-MD5 "
+                     "(transfer.checksum: auto)")
+
+    def can_resume(self, algorithm: str) -> bool:
+        """Whether a journaled multipart upload made with `algorithm` may go on: under
+        `auto` off AWS, with whichever of the two it was created with."""
+        if self.adaptive:
+            return algorithm in ("md5", LEARNED)
+        return algorithm == self.algorithm
