@@ -7,8 +7,9 @@ the one check every S3-compatible server makes), and PutObject requests carry
 
 - a server that knows the flexible checksums echoes `x-amz-checksum-crc32c`
   with the value sent, as AWS does, and verifies it (SeaweedFS answers a wrong
-  one with BadDigest, as MinIO and Ceph RGW do): from then on new uploads
-  carry crc32c alone, at a fraction of MD5's CPU per byte;
+  one with BadDigest, tests/test_fastpath.py): from then on new uploads carry
+  crc32c alone, at a fraction of MD5's CPU per byte. The echo is the proof: a
+  server that echoed the value unchecked would be trusted wrongly (`md5` then);
 - an answer without it settles on md5, and the extra header stops.
 
 Only single PUTs teach. A multipart upload declares its algorithm when it is
