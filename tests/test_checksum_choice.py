@@ -4,6 +4,7 @@ x-amz-checksum-crc32c) and to SeaweedFS behind a proxy that hides the echo."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -21,40 +22,60 @@ BODY = b"some bytes to check"
 MiB = 1024 * 1024
 
 
-def test_off_aws_it_sends_both_until_an_answer_echoes_crc32c():
+BOTH = {"ContentMD5": checksum_b64("md5", BODY), "ChecksumCRC32C": checksum_b64("crc32c", BODY)}
+
+
+async def test_off_aws_one_put_sends_both_and_its_answer_decides():
     choice = ChecksumChoice("auto", ELSEWHERE)
-    sent = choice.put_parameters(BODY)
-    assert sent == {"ContentMD5": checksum_b64("md5", BODY),
-                    "ChecksumCRC32C": checksum_b64("crc32c", BODY)}
-    choice.learn(sent, sent["ChecksumCRC32C"])
+    checksums, teaching = await choice.for_put()
+    assert teaching and checksums(BODY) == BOTH
+    choice.learn(BOTH, BOTH["ChecksumCRC32C"])
     assert choice.algorithm == "crc32c" and not choice.learning
-    assert choice.put_parameters(BODY) == {"ChecksumCRC32C": checksum_b64("crc32c", BODY)}
-    choice.learn(sent, None)  # a later answer (sent before the switch) changes nothing
-    assert choice.algorithm == "crc32c"
+    checksums, teaching = await choice.for_put()
+    assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
 
 
 @pytest.mark.parametrize("answered", [None, "AAAAAA=="])
-def test_an_answer_without_the_same_crc32c_settles_on_md5(answered):
+async def test_an_answer_without_the_same_crc32c_settles_on_md5(answered):
     choice = ChecksumChoice("auto", ELSEWHERE)
-    choice.learn(choice.put_parameters(BODY), answered)
+    checksums, _ = await choice.for_put()
+    choice.learn(checksums(BODY), answered)
     assert choice.algorithm == "md5" and not choice.learning
-    assert choice.put_parameters(BODY) == {"ContentMD5": checksum_b64("md5", BODY)}
+    checksums, teaching = await choice.for_put()
+    assert not teaching and checksums(BODY) == {"ContentMD5": BOTH["ContentMD5"]}
+
+
+async def test_other_puts_wait_for_the_teaching_answer_and_take_over_if_it_fails():
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    _, teaching = await choice.for_put()
+    assert teaching
+    second, third = (asyncio.create_task(choice.for_put()) for _ in range(2))
+    await asyncio.sleep(0.05)
+    assert not second.done() and not third.done()  # nothing hashed before the answer
+    choice.no_lesson()  # the teaching PUT failed (a vanished file, a refusal)
+    await asyncio.sleep(0.05)
+    assert [task.done() for task in (second, third)] == [True, False]
+    checksums, teaching = second.result()
+    assert teaching and checksums(BODY) == BOTH  # the next one teaches
+    choice.learn(BOTH, BOTH["ChecksumCRC32C"])
+    checksums, teaching = await asyncio.wait_for(third, 1)
+    assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
 
 
 @pytest.mark.parametrize("endpoint", [None, "https://s3.eu-west-1.amazonaws.com"])
-def test_on_aws_auto_is_crc32c_from_the_start(endpoint):
+async def test_on_aws_auto_is_crc32c_from_the_start(endpoint):
     choice = ChecksumChoice("auto", endpoint)
     assert choice.algorithm == "crc32c" and not choice.learning
-    assert choice.put_parameters(BODY) == {"ChecksumCRC32C": checksum_b64("crc32c", BODY)}
+    checksums, teaching = await choice.for_put()
+    assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
     assert choice.can_resume("crc32c") and not choice.can_resume("md5")
 
 
 @pytest.mark.parametrize("setting", ["md5", "crc32", "sha256", "none"])
-def test_a_chosen_checksum_is_kept_whatever_the_answers(setting):
+async def test_a_chosen_checksum_is_kept(setting):
     choice = ChecksumChoice(setting, ELSEWHERE)
-    sent = choice.put_parameters(BODY)
-    assert "ChecksumCRC32C" not in sent
-    choice.learn(sent, checksum_b64("crc32c", BODY))
+    checksums, teaching = await choice.for_put()
+    assert not teaching and "ChecksumCRC32C" not in checksums(BODY)
     assert choice.algorithm == setting
     assert choice.can_resume(setting) and not choice.can_resume("crc32c")
 
@@ -148,3 +169,25 @@ async def test_an_md5_upload_resumed_after_the_switch_keeps_md5_for_its_parts(
         {"content-md5", "x-amz-checksum-crc32c"}, {"content-md5"}]
     assert puts[1].query_params.get("uploadId") == upload_id  # resumed, not made anew
     assert s3.get_object(Bucket=bucket, Key="parked.bin")["Body"].read() == data
+
+
+async def test_with_many_workers_one_put_teaches_and_the_rest_hash_once(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """40 small files, 16 workers at once: one PUT carries both checksums, the others wait
+    for its answer and carry crc32c alone."""
+    files = write_files(tmp_path, {f"f{i:02d}.txt": 3000 + i for i in range(40)})
+    config = make_config(tmp_path, fault_proxy.url, bucket, transfer={"concurrency": 16})
+    journal = Journal(":memory:")
+    async with services(config, journal=journal) as svc:
+        svc.pool.start()
+        for name in files:
+            await svc.pool.submit(tmp_path / name, name)
+        await svc.pool.join()
+        await svc.pool.stop(grace_seconds=0)
+    journal.close()
+    sent = [checksum_headers(r) for r in data_requests(fault_proxy)]
+    assert len(sent) == 40
+    assert sent.count({"content-md5", "x-amz-checksum-crc32c"}) == 1
+    assert sent.count({"x-amz-checksum-crc32c"}) == 39
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data

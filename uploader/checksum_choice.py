@@ -12,6 +12,10 @@ the one check every S3-compatible server makes), and PutObject requests carry
   server that echoed the value unchecked would be trusted wrongly (`md5` then);
 - an answer without it settles on md5, and the extra header stops.
 
+One PUT teaches at a time: while it is out, the other PUTs wait for its answer
+(one round trip, at start) rather than hashing their bodies both ways; if it
+fails, the next PUT teaches.
+
 Only single PUTs teach. A multipart upload declares its algorithm when it is
 created and keeps it for every part, its completion and its resumption (it is
 journaled with the upload), whatever the choice for new uploads becomes.
@@ -19,8 +23,9 @@ journaled with the upload), whatever the choice for new uploads becomes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 from uploader.checksums import PARAMETER, is_aws, request_parameters, resolve
 
@@ -30,32 +35,55 @@ LEARNED = "crc32c"  # what a server that echoes it gets
 LEARNED_PARAMETER = PARAMETER[LEARNED]
 
 
+Checksums = Callable[[bytes | memoryview], dict[str, str]]  # a body's checksum parameters
+
+
 class ChecksumChoice:
     def __init__(self, setting: str, endpoint_url: str | None) -> None:
         self.algorithm = resolve(setting, endpoint_url)  # for new PUTs and multipart uploads
         self.adaptive = setting == "auto" and not is_aws(endpoint_url)
         self.learning = self.adaptive
+        self._lesson: asyncio.Future[None] | None = None  # the teaching PUT's answer
+
+    async def for_put(self) -> tuple[Checksums, bool]:
+        """How to checksum the next PutObject's body, and whether this PUT teaches (then
+        `learn` or `no_lesson` must follow)."""
+        while self.learning:
+            if self._lesson is None:
+                self._lesson = asyncio.get_running_loop().create_future()
+                return self._both, True
+            await asyncio.shield(self._lesson)
+        return self.put_parameters, False
 
     def put_parameters(self, body: bytes | memoryview) -> dict[str, str]:
-        """botocore parameters carrying the checksum(s) of a PutObject's body."""
-        params = request_parameters(self.algorithm, body)
-        if self.learning:
-            params.update(request_parameters(LEARNED, body))
-        return params
+        """botocore parameters carrying the chosen checksum of a PutObject's body."""
+        return request_parameters(self.algorithm, body)
+
+    def _both(self, body: bytes | memoryview) -> dict[str, str]:
+        return {**request_parameters(self.algorithm, body), **request_parameters(LEARNED, body)}
 
     def learn(self, sent: Mapping[str, str], answered: str | None) -> None:
-        """After a PutObject was stored: `sent`, its checksum parameters; `answered`, the
+        """The teaching PUT was stored: `sent`, its checksum parameters; `answered`, the
         `x-amz-checksum-crc32c` of the server's answer (None without one)."""
-        if not self.learning or LEARNED_PARAMETER not in sent:
-            return
-        self.learning = False  # the first answer decides; PUTs still in flight follow it
-        if answered == sent[LEARNED_PARAMETER]:
-            self.algorithm = LEARNED
-            log.info("the server verifies x-amz-checksum-crc32c: sending it instead of "
-                     "Content-MD5 from now on (transfer.checksum: auto)")
-        else:
-            log.info("the server does not answer x-amz-checksum-crc32c: sending Content-MD5 "
-                     "(transfer.checksum: auto)")
+        if self.learning:
+            self.learning = False
+            if answered is not None and answered == sent.get(LEARNED_PARAMETER):
+                self.algorithm = LEARNED
+                log.info("the server verifies x-amz-checksum-crc32c: sending it instead of "
+                         "Content-MD5 from now on (transfer.checksum: auto)")
+            else:
+                log.info("the server does not answer x-amz-checksum-crc32c: sending "
+                         "Content-MD5 (transfer.checksum: auto)")
+        self._end_lesson()
+
+    def no_lesson(self) -> None:
+        """The teaching PUT failed: the next PUT teaches."""
+        self._end_lesson()
+
+    def _end_lesson(self) -> None:
+        lesson, self._lesson = self._lesson, None
+        if lesson is not None and not lesson.done():
+            lesson.set_result(None)
 
     def can_resume(self, algorithm: str) -> bool:
         """Whether a journaled multipart upload made with `algorithm` may go on: under

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Callable
 
+from uploader.checksum_choice import Checksums
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import (
     FileJob,
@@ -22,19 +22,23 @@ INLINE_READ_LIMIT = 256 * 1024
 
 
 async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
-    async with ctx.memory.hold(job.size):
-        body, checksum = await _read_whole(job, ctx.checksums.put_parameters)
-        params = {**ctx.object_params(job), **checksum, **create_only_condition(job)}
-        what = ctx.describe(job, "PUT")
-        stored = await ctx.call(
-            lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
-                                        params=params, what=what),
-            key=job.key, nbytes=len(body), what=what)
-    ctx.checksums.learn(checksum, stored.checksum_crc32c)
+    checksums, teaching = await ctx.checksums.for_put()
+    try:
+        async with ctx.memory.hold(job.size):
+            body, checksum = await _read_whole(job, checksums)
+            params = {**ctx.object_params(job), **checksum, **create_only_condition(job)}
+            what = ctx.describe(job, "PUT")
+            stored = await ctx.call(
+                lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
+                                            params=params, what=what),
+                key=job.key, nbytes=len(body), what=what)
+    except BaseException:
+        if teaching:
+            ctx.checksums.no_lesson()
+        raise
+    if teaching:
+        ctx.checksums.learn(checksum, stored.checksum_crc32c)
     return UploadResult(etag=stored.etag, size=len(body))
-
-
-Checksums = Callable[[bytes], dict[str, str]]  # a body's checksum parameters
 
 
 async def _read_whole(job: FileJob, checksums: Checksums) -> tuple[bytes, dict[str, str]]:
