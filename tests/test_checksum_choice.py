@@ -11,7 +11,7 @@ import time
 import pytest
 
 from test_fastpath import data_requests, make_config
-from uploader.checksum_choice import ChecksumChoice
+from uploader.checksum_choice import WAIT_FROM_BYTES, ChecksumChoice
 from uploader.checksums import checksum_b64
 from uploader.journal import Journal, PartRecord, UploadRecord
 from uploader.pipeline import Outcome
@@ -27,29 +27,31 @@ BOTH = {"ContentMD5": checksum_b64("md5", BODY), "ChecksumCRC32C": checksum_b64(
 
 async def test_off_aws_one_put_sends_both_and_its_answer_decides():
     choice = ChecksumChoice("auto", ELSEWHERE)
-    checksums, teaching = await choice.for_put()
+    checksums, teaching = await choice.for_put(len(BODY))
     assert teaching and checksums(BODY) == BOTH
     choice.learn(BOTH, BOTH["ChecksumCRC32C"])
     assert choice.algorithm == "crc32c" and not choice.learning
-    checksums, teaching = await choice.for_put()
+    checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
 
 
 @pytest.mark.parametrize("answered", [None, "AAAAAA=="])
 async def test_an_answer_without_the_same_crc32c_settles_on_md5(answered):
     choice = ChecksumChoice("auto", ELSEWHERE)
-    checksums, _ = await choice.for_put()
+    checksums, _ = await choice.for_put(len(BODY))
     choice.learn(checksums(BODY), answered)
     assert choice.algorithm == "md5" and not choice.learning
-    checksums, teaching = await choice.for_put()
+    checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and checksums(BODY) == {"ContentMD5": BOTH["ContentMD5"]}
 
 
-async def test_other_puts_wait_for_the_teaching_answer_and_take_over_if_it_fails():
+async def test_large_bodies_wait_for_the_teaching_answer_and_take_over_if_it_fails():
     choice = ChecksumChoice("auto", ELSEWHERE)
-    _, teaching = await choice.for_put()
+    _, teaching = await choice.for_put(len(BODY))
     assert teaching
-    second, third = (asyncio.create_task(choice.for_put()) for _ in range(2))
+    small, teaching = await choice.for_put(WAIT_FROM_BYTES - 1)  # MD5 costs less than a wait
+    assert not teaching and small(BODY) == {"ContentMD5": BOTH["ContentMD5"]}
+    second, third = (asyncio.create_task(choice.for_put(WAIT_FROM_BYTES)) for _ in range(2))
     await asyncio.sleep(0.05)
     assert not second.done() and not third.done()  # nothing hashed before the answer
     choice.no_lesson()  # the teaching PUT failed (a vanished file, a refusal)
@@ -66,7 +68,7 @@ async def test_other_puts_wait_for_the_teaching_answer_and_take_over_if_it_fails
 async def test_on_aws_auto_is_crc32c_from_the_start(endpoint):
     choice = ChecksumChoice("auto", endpoint)
     assert choice.algorithm == "crc32c" and not choice.learning
-    checksums, teaching = await choice.for_put()
+    checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
     assert choice.can_resume("crc32c") and not choice.can_resume("md5")
 
@@ -74,7 +76,7 @@ async def test_on_aws_auto_is_crc32c_from_the_start(endpoint):
 @pytest.mark.parametrize("setting", ["md5", "crc32", "sha256", "none"])
 async def test_a_chosen_checksum_is_kept(setting):
     choice = ChecksumChoice(setting, ELSEWHERE)
-    checksums, teaching = await choice.for_put()
+    checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and "ChecksumCRC32C" not in checksums(BODY)
     assert choice.algorithm == setting
     assert choice.can_resume(setting) and not choice.can_resume("crc32c")
@@ -173,9 +175,9 @@ async def test_an_md5_upload_resumed_after_the_switch_keeps_md5_for_its_parts(
 
 async def test_with_many_workers_one_put_teaches_and_the_rest_hash_once(
         tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
-    """40 small files, 16 workers at once: one PUT carries both checksums, the others wait
-    for its answer and carry crc32c alone."""
-    files = write_files(tmp_path, {f"f{i:02d}.txt": 3000 + i for i in range(40)})
+    """40 files of 256 KiB, 16 workers at once: one PUT carries both checksums, the others
+    wait for its answer and carry crc32c alone."""
+    files = write_files(tmp_path, {f"f{i:02d}.bin": WAIT_FROM_BYTES + i for i in range(40)})
     config = make_config(tmp_path, fault_proxy.url, bucket, transfer={"concurrency": 16})
     journal = Journal(":memory:")
     async with services(config, journal=journal) as svc:

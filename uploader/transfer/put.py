@@ -22,7 +22,7 @@ INLINE_READ_LIMIT = 256 * 1024
 
 
 async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
-    checksums, teaching = await ctx.checksums.for_put()
+    checksums, teaching = await ctx.checksums.for_put(job.size)
     try:
         async with ctx.memory.hold(job.size):
             body, checksum = await _read_whole(job, checksums)
