@@ -2,8 +2,8 @@
 
 `transfer.checksum: auto` is `crc32c` on AWS from the start: every region
 verifies `x-amz-checksum-crc32c`. Elsewhere it starts as `md5` (Content-MD5,
-the one check every S3-compatible server makes), and PutObject requests carry
-`x-amz-checksum-crc32c` as well until the first answer:
+the one check every S3-compatible server makes), and the first PutObject
+carries `x-amz-checksum-crc32c` as well; its answer decides:
 
 - a server that knows the flexible checksums echoes `x-amz-checksum-crc32c`
   with the value sent, as AWS does, and verifies it (SeaweedFS answers a wrong
@@ -34,15 +34,17 @@ from uploader.checksums import PARAMETER, is_aws, request_parameters, resolve
 log = logging.getLogger(__name__)
 
 LEARNED = "crc32c"  # what a server that echoes it gets
+LEARNED_PARAMETER = PARAMETER[LEARNED]
 # MD5 runs at ~700 MB/s: 256 KiB cost ~0.4 ms of CPU, about a round trip to a nearby server.
 WAIT_FROM_BYTES = 256 * 1024
-LEARNED_PARAMETER = PARAMETER[LEARNED]
 
 
 Checksums = Callable[[bytes | memoryview], dict[str, str]]  # a body's checksum parameters
 
 
 class ChecksumChoice:
+    """The checksum for new uploads, shared by every worker of a process."""
+
     def __init__(self, setting: str, endpoint_url: str | None) -> None:
         self.algorithm = resolve(setting, endpoint_url)  # for new PUTs and multipart uploads
         self.adaptive = setting == "auto" and not is_aws(endpoint_url)
