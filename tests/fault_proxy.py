@@ -60,7 +60,9 @@ RESET = "reset"  # status recorded for injected resets and outage refusals
 ABORTED = "aborted"  # status recorded when a peer vanished mid-exchange
 
 _REASONS = {
+    400: "Bad Request",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Slow Down",
 }
@@ -70,6 +72,10 @@ _ERRORS = {
     "ServiceUnavailable": (503, "Service is unable to handle request."),
     "BadGateway": (502, "The fault proxy could not reach the upstream server."),
     "NoSuchUpload": (404, "The specified upload does not exist."),
+    # How servers that lack the flexible checksums refuse their headers: R2 did with
+    # 501, Backblaze B2 with 400 ("Unsupported header ... received for this API call").
+    "NotImplemented": (501, "A header you provided implies functionality that is not implemented."),
+    "InvalidArgument": (400, "Unsupported header received for this API call."),
 }
 
 
@@ -175,6 +181,8 @@ class _Faults:
     scripted: tuple[int, str, Callable[["RequestRecord"], bool]] | None = None
     # Response headers left out of every answer relayed (lower-cased names).
     hidden_response_headers: frozenset[str] = frozenset()
+    # Request header (lower-cased) -> the error code answering any request carrying it.
+    refused_request_headers: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ HTTP bits
@@ -621,6 +629,14 @@ class FaultProxy:
         with self._cond:
             self._faults.scripted = (count, code, where)
 
+    def refuse_header(self, name: str, code: str) -> None:
+        """Answer every request carrying the header `name` with S3's error `code` (one
+        of _ERRORS), not forwarded: a server that does not implement what it asks for."""
+        if code not in _ERRORS:
+            raise ValueError(f"unknown error code {code!r}; known: {sorted(_ERRORS)}")
+        with self._cond:
+            self._faults.refused_request_headers[name.lower()] = code
+
     def _scripted_answer(self, record: RequestRecord) -> str | None:
         with self._cond:
             scripted = self._faults.scripted
@@ -649,6 +665,9 @@ class FaultProxy:
             faults, now = self._faults, time.monotonic()
             if scripted := self._scripted_answer(record):
                 return scripted
+            for name, code in faults.refused_request_headers.items():
+                if name in record.headers:
+                    return code
             if faults.reset_rate and self._rng.random() < faults.reset_rate:
                 return RESET
             if faults.error_rate and self._rng.random() < faults.error_rate:

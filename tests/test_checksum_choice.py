@@ -54,13 +54,37 @@ async def test_large_bodies_wait_for_the_teaching_answer_and_take_over_if_it_fai
     second, third = (asyncio.create_task(choice.for_put(WAIT_FROM_BYTES)) for _ in range(2))
     await asyncio.sleep(0.05)
     assert not second.done() and not third.done()  # nothing hashed before the answer
-    choice.no_lesson()  # the teaching PUT failed (a vanished file, a refusal)
+    with pytest.raises(FileNotFoundError), choice.lesson(True):
+        raise FileNotFoundError("the teaching PUT's file vanished")
     await asyncio.sleep(0.05)
     assert [task.done() for task in (second, third)] == [True, False]
     checksums, teaching = second.result()
     assert teaching and checksums(BODY) == BOTH  # the next one teaches
     choice.learn(BOTH, BOTH["ChecksumCRC32C"])
     checksums, teaching = await asyncio.wait_for(third, 1)
+    assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
+
+
+async def test_a_part_carries_what_its_upload_declared_and_content_md5_until_crc32c_is_proven():
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    assert choice.for_new_upload() == "crc32c"  # while learning: so that a part can teach
+    md5_part, teaching = await choice.for_body(5 * MiB, declared="md5")  # one parked earlier
+    assert not teaching and md5_part(BODY) == {"ContentMD5": BOTH["ContentMD5"]}
+    checksums, teaching = await choice.for_body(5 * MiB, declared="crc32c")
+    assert teaching and checksums(BODY) == BOTH
+    waiting = asyncio.create_task(choice.for_body(5 * MiB, declared="crc32c"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # a large part waits for the teaching answer
+    choice.learn(BOTH, None)  # not echoed: crc32c is not shown to be checked
+    checksums, teaching = await asyncio.wait_for(waiting, 1)
+    assert not teaching and checksums(BODY) == BOTH  # declared crc32c, proven by MD5
+    assert choice.for_new_upload() == "md5"
+
+
+async def test_on_aws_a_part_of_a_crc32c_upload_carries_crc32c_alone():
+    choice = ChecksumChoice("auto", None)
+    assert choice.for_new_upload() == "crc32c"
+    checksums, teaching = await choice.for_body(5 * MiB, declared="crc32c")
     assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
 
 
@@ -191,5 +215,100 @@ async def test_with_many_workers_one_put_teaches_and_the_rest_hash_once(
     assert len(sent) == 40
     assert sent.count({"content-md5", "x-amz-checksum-crc32c"}) == 1
     assert sent.count({"x-amz-checksum-crc32c"}) == 39
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
+@pytest.mark.parametrize("data_path", ["aiohttp", "botocore"])
+@pytest.mark.parametrize("refusal", ["NotImplemented", "InvalidArgument"])
+async def test_a_server_that_refuses_the_crc32c_header_gets_md5_and_loses_no_file(
+        refusal, data_path, tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """R2 answered x-amz-checksum-* with 501 NotImplemented, Backblaze B2 with 400
+    InvalidArgument: the teaching PUT is sent again with Content-MD5 alone, and the run
+    settles on md5. Every file goes up; one request only is refused."""
+    fault_proxy.refuse_header("x-amz-checksum-crc32c", refusal)
+    files = write_files(tmp_path, {"a.txt": 1000, "b.bin": WAIT_FROM_BYTES, "c.txt": 2000})
+    assert await upload(tmp_path, fault_proxy, bucket, files, data_path=data_path) == "md5"
+    puts = fault_proxy.records(method="PUT")  # the refused one too
+    assert [(r.key, checksum_headers(r), r.ok) for r in puts] == [
+        ("a.txt", {"content-md5", "x-amz-checksum-crc32c"}, False),
+        ("a.txt", {"content-md5"}, True),
+        ("b.bin", {"content-md5"}, True),
+        ("c.txt", {"content-md5"}, True)]
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
+def parts_of(proxy, key: str) -> list:
+    return [r for r in proxy.records(method="PUT") if r.key == key]
+
+
+def declared(proxy, key: str) -> list[str | None]:
+    """What each CreateMultipartUpload of `key` declared (the refused ones too)."""
+    return [r.headers.get("x-amz-checksum-algorithm")
+            for r in proxy.records(method="POST") if r.key == key and "uploads" in r.query]
+
+
+@pytest.mark.parametrize("data_path", ["aiohttp", "botocore"])
+@pytest.mark.parametrize("echoed, learned", [(True, "crc32c"), (False, "md5")],
+                         ids=["echoed", "not-echoed"])
+async def test_a_run_of_large_files_alone_learns_from_the_first_part(
+        echoed, learned, data_path, tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """No PUT to teach: the first multipart upload declares crc32c, one of its parts
+    carries Content-MD5 beside it and teaches, its other parts wait for that answer. Until
+    crc32c is proven, they carry Content-MD5 too; the next upload declares what was learned."""
+    if not echoed:
+        fault_proxy.hidden_response_headers = {"x-amz-checksum-crc32c"}
+    files = write_files(tmp_path, {"one.bin": 3 * 5 * MiB + WAIT_FROM_BYTES,
+                                   "two.bin": 5 * MiB + WAIT_FROM_BYTES})
+    assert await upload(tmp_path, fault_proxy, bucket, files, data_path=data_path) == learned
+    both, crc32c, md5 = ({"content-md5", "x-amz-checksum-crc32c"}, {"x-amz-checksum-crc32c"},
+                         {"content-md5"})
+    first = [checksum_headers(r) for r in parts_of(fault_proxy, "one.bin")]
+    second = [checksum_headers(r) for r in parts_of(fault_proxy, "two.bin")]
+    if echoed:
+        assert sorted(first, key=len, reverse=True) == [both, crc32c, crc32c, crc32c]
+        assert second == [crc32c] * 2
+    else:
+        assert first == [both] * 4 and second == [md5] * 2
+    assert declared(fault_proxy, "one.bin") == ["CRC32C"]
+    assert declared(fault_proxy, "two.bin") == ["CRC32C" if echoed else None]
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
+async def test_an_upload_declared_crc32c_whose_part_is_refused_starts_over_on_md5(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """The declaration accepted, the part's header refused (400): that upload cannot be
+    completed, so it is aborted and made again without the declaration, its parts on
+    Content-MD5 alone; the file goes up, and so does the next one."""
+    fault_proxy.refuse_header("x-amz-checksum-crc32c", "InvalidArgument")
+    files = write_files(tmp_path, {"one.bin": 2 * 5 * MiB + 7, "two.bin": 5 * MiB + 3})
+    assert await upload(tmp_path, fault_proxy, bucket, files) == "md5"
+    assert declared(fault_proxy, "one.bin") == ["CRC32C", None]
+    assert declared(fault_proxy, "two.bin") == [None]
+    refused = [r for r in fault_proxy.records(method="PUT") if not r.ok]
+    assert refused and all(checksum_headers(r) == {"content-md5", "x-amz-checksum-crc32c"}
+                           for r in refused)
+    stored = [r for r in fault_proxy.records(method="PUT") if r.ok]
+    assert [(r.key, checksum_headers(r)) for r in stored][-5:] == (
+        [("one.bin", {"content-md5"})] * 3 + [("two.bin", {"content-md5"})] * 2)
+    first_upload = refused[0].query_params["uploadId"]
+    assert fault_proxy.records(method="DELETE")[0].query_params["uploadId"] == first_upload
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
+async def test_a_refused_declaration_creates_the_upload_again_without_it(
+        tmp_path, s3_server, s3_env, bucket, s3, fault_proxy):
+    """R2 answered x-amz-checksum-algorithm with 501: the upload is created again
+    without it, on md5, and so is the next one."""
+    fault_proxy.refuse_header("x-amz-checksum-algorithm", "NotImplemented")
+    files = write_files(tmp_path, {"one.bin": 2 * 5 * MiB + 7, "two.bin": 5 * MiB + 3})
+    assert await upload(tmp_path, fault_proxy, bucket, files) == "md5"
+    assert declared(fault_proxy, "one.bin") == ["CRC32C", None]
+    assert declared(fault_proxy, "two.bin") == [None]
+    assert [checksum_headers(r) for r in fault_proxy.records(method="PUT")] == (
+        [{"content-md5"}] * 5)
     for name, data in files.items():
         assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data

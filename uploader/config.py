@@ -291,8 +291,9 @@ class TransferConfig(Section):
         "rejects corrupted bytes. `md5` (Content-MD5) works on AWS and every S3-compatible "
         "server; `crc32`/`crc32c`/`sha256` use the newer `x-amz-checksum-*` headers. `auto`: "
         "`crc32c` on AWS (`s3.endpoint_url` unset or on amazonaws.com; a fraction of MD5's "
-        "CPU); on any other endpoint `md5`, until a PUT's answer shows the server verifies "
-        "`crc32c` (it echoes `x-amz-checksum-crc32c`), then `crc32c` for new uploads.")
+        "CPU); on any other endpoint `md5`, until the first PUT's or part's answer shows the "
+        "server verifies `crc32c` (it echoes `x-amz-checksum-crc32c`), then `crc32c` for new "
+        "uploads; a server that refuses the header gets `md5` and loses no file.")
     connect_timeout_seconds: Number = Field(10.0, gt=0, description="TCP connect timeout.")
     read_timeout_seconds: Number = Field(
         60.0, gt=0, description="Time allowed without progress on a response.")

@@ -85,5 +85,10 @@ class PermanentError(TransferError):
     """Retrying will not help: 400, 403, 404 NoSuchBucket, bad credentials."""
 
 
+class ChecksumRefused(PermanentError):
+    """The server refused the x-amz-checksum-crc32c header of a part that carried it
+    unasked (`transfer.checksum: auto`): its upload starts over with Content-MD5."""
+
+
 class VerificationError(UploaderError):
     """The object in S3 does not match what was sent (size or checksum)."""

@@ -50,15 +50,14 @@ Body = bytes | memoryview  # a small file read whole, or a view of a reused part
 
 @dataclass(frozen=True)
 class Stored:
-    """A PutObject's answer."""
+    """A PutObject's or an UploadPart's answer."""
 
     etag: str  # without quotes
     checksum_crc32c: str | None  # its x-amz-checksum-crc32c (see uploader.checksum_choice)
 
 
 class DataPath(Protocol):
-    """Sends object bytes; a part's answer is its ETag (without quotes). Raises on a
-    non-2xx answer."""
+    """Sends object bytes. Raises on a non-2xx answer."""
 
     name: str
 
@@ -66,7 +65,7 @@ class DataPath(Protocol):
                          params: Mapping[str, Any], what: str) -> Stored: ...
 
     async def upload_part(self, *, bucket: str, key: str, upload_id: str, part_number: int,
-                          body: Body, params: Mapping[str, Any], what: str) -> str: ...
+                          body: Body, params: Mapping[str, Any], what: str) -> Stored: ...
 
 
 def connection_pool_size(config: Config) -> int:
@@ -91,12 +90,12 @@ class BotocoreDataPath:
         return Stored(_etag(response.get("ETag"), what=what), response.get("ChecksumCRC32C"))
 
     async def upload_part(self, *, bucket: str, key: str, upload_id: str, part_number: int,
-                          body: Body, params: Mapping[str, Any], what: str) -> str:
+                          body: Body, params: Mapping[str, Any], what: str) -> Stored:
         # botocore takes bytes or a file, not a view of a reused buffer: a copy, here only.
         data = bytes(body) if isinstance(body, memoryview) else body
         response = await self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
                                                  PartNumber=part_number, Body=data, **params)
-        return _etag(response.get("ETag"), what=what)
+        return Stored(_etag(response.get("ETag"), what=what), response.get("ChecksumCRC32C"))
 
 
 class AiohttpDataPath:
@@ -146,13 +145,13 @@ class AiohttpDataPath:
         return Stored(_etag(answer.get("ETag"), what=what), answer.get(CRC32C_HEADER))
 
     async def upload_part(self, *, bucket: str, key: str, upload_id: str, part_number: int,
-                          body: Body, params: Mapping[str, Any], what: str) -> str:
+                          body: Body, params: Mapping[str, Any], what: str) -> Stored:
         endpoint, signer, proxy = await self._bucket(bucket)
         url = endpoint.part_url(key, upload_id=upload_id, part_number=part_number)
         answer = await self._put(signer, url, proxy=proxy, body=body,
                                  headers=self._part_headers.headers(params),
                                  payload=payload_hash(params, body), what=what)
-        return _etag(answer.get("ETag"), what=what)
+        return Stored(_etag(answer.get("ETag"), what=what), answer.get(CRC32C_HEADER))
 
     async def _put(self, signer: RequestSigner, url: str, *, proxy: str | None, body: Body,
                    headers: dict[str, str], payload: str,

@@ -17,10 +17,12 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Awaitable, Iterator
 
-from uploader.checksums import ALGORITHM, PARAMETER, checksum_b64
+from uploader.checksum_choice import Checksums
+from uploader.checksums import ALGORITHM, PARAMETER
 from uploader.errors import (
+    ChecksumRefused,
     PermanentError,
     SourceChanged,
     SourceVanished,
@@ -29,6 +31,7 @@ from uploader.errors import (
     UploaderError,
 )
 from uploader.journal import PartRecord, UploadRecord
+from uploader.s3.datapath import Stored
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import (
     FileJob,
@@ -69,7 +72,15 @@ async def upload_multipart(ctx: TransferContext, job: FileJob) -> UploadResult:
             upload = await _create(ctx, job, part_size=part_size, total=total)
             done = {}
         missing = [n for n in range(1, total + 1) if n not in done]
-        await _send_parts(ctx, job, upload, missing)
+        try:
+            await _send_parts(ctx, job, upload, missing)
+        except ChecksumRefused as refusal:
+            # It declared crc32c, unasked, to a server that refuses the header: an upload
+            # declared without it takes every part (`uploader.checksum_choice`).
+            await abort_upload(ctx, upload, reason=refusal)
+            upload = await _create(ctx, job, part_size=part_size, total=total)
+            missing = list(range(1, total + 1))
+            await _send_parts(ctx, job, upload, missing)
         ensure_unchanged(job)
         etag = await _complete(ctx, job, upload)
     except asyncio.CancelledError:
@@ -170,20 +181,32 @@ def _stat(job: FileJob) -> os.stat_result:
 async def _create(ctx: TransferContext, job: FileJob, *, part_size: int,
                   total: int) -> UploadRecord:
     st = _stat(job)  # before any part is read: a later change moves its ctime
-    params = ctx.object_params(job)
-    algorithm = ctx.checksums.algorithm  # this upload's, for all its parts, whatever comes
-    if algorithm in ALGORITHM:
-        params["ChecksumAlgorithm"] = ALGORITHM[algorithm]
-    response = await ctx.call(
-        lambda: ctx.client.create_multipart_upload(Bucket=ctx.bucket, Key=job.key, **params),
-        key=job.key, what=ctx.describe(job, "CreateMultipartUpload"))
-    record = UploadRecord(path=str(job.path), key=job.key, upload_id=response["UploadId"],
+    algorithm = ctx.checksums.for_new_upload()  # this upload's, for all its parts
+    try:
+        upload_id = await _create_upload(ctx, job, algorithm)
+    except PermanentError as exc:
+        if not ctx.checksums.declaration_refused(exc, algorithm):
+            raise
+        algorithm = ctx.checksums.algorithm  # a server without the flexible checksums
+        upload_id = await _create_upload(ctx, job, algorithm)
+    record = UploadRecord(path=str(job.path), key=job.key, upload_id=upload_id,
                           size=job.size, mtime_ns=job.signature.mtime_ns, part_size=part_size,
                           parts=total, checksum=algorithm, created_at=time.time(),
                           inode=st.st_ino, ctime_ns=st.st_ctime_ns)
     ctx.journal.start_upload(record)
     await ctx.journal.durable()  # resumable from here on
     return record
+
+
+async def _create_upload(ctx: TransferContext, job: FileJob, algorithm: str) -> str:
+    """A new upload's ID, declaring `algorithm` if it is a flexible checksum."""
+    params = ctx.object_params(job)
+    if algorithm in ALGORITHM:
+        params["ChecksumAlgorithm"] = ALGORITHM[algorithm]
+    response = await ctx.call(
+        lambda: ctx.client.create_multipart_upload(Bucket=ctx.bucket, Key=job.key, **params),
+        key=job.key, what=ctx.describe(job, "CreateMultipartUpload"))
+    return str(response["UploadId"])
 
 
 async def _parts_already_stored(ctx: TransferContext, job: FileJob,
@@ -265,30 +288,38 @@ async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, f
     """Read one part into a buffer (within the memory budget), send it, reuse the buffer."""
     offset, length = part_range(number, file_size=upload.size, part_size=upload.part_size)
     what = ctx.describe(job, f"UploadPart {number}/{upload.parts}")
-    async with ctx.memory.hold(length):
-        buffer = ctx.memory.buffer(length)
-        try:
-            checksum = await asyncio.to_thread(_read_part, fd, buffer, offset=offset, job=job,
-                                               algorithm=upload.checksum)
-            params = {PARAMETER[upload.checksum]: checksum} if checksum else {}
-            body = memoryview(buffer)
-            etag = await ctx.call(
-                lambda: ctx.data.upload_part(bucket=ctx.bucket, key=upload.key,
-                                             upload_id=upload.upload_id, part_number=number,
-                                             body=body, params=params, what=what),
-                key=upload.key, nbytes=length, what=what)
-        except BaseException:
-            ctx.memory.discard(buffer)  # a failed request may still hold it
-            raise
-        ctx.memory.recycle(buffer)  # answered: every byte was sent
-    return PartRecord(part_number=number, size=length, etag=etag, checksum=checksum)
+    checksums, teaching = await ctx.checksums.for_body(length, declared=upload.checksum)
+    with ctx.checksums.lesson(teaching):
+        async with ctx.memory.hold(length):
+            buffer = ctx.memory.buffer(length)
+            try:
+                checksum = await asyncio.to_thread(_read_part, fd, buffer, offset=offset,
+                                                   job=job, checksums=checksums)
+                body = memoryview(buffer)
+
+                def send(sent: dict[str, str]) -> Awaitable[Stored]:
+                    return ctx.call(
+                        lambda: ctx.data.upload_part(
+                            bucket=ctx.bucket, key=upload.key, upload_id=upload.upload_id,
+                            part_number=number, body=body, params=sent, what=what),
+                        key=upload.key, nbytes=length, what=what)
+
+                stored, sent = await ctx.checksums.send(checksum, send, teaching=teaching,
+                                                        resend=False)
+            except BaseException:
+                ctx.memory.discard(buffer)  # a failed request may still hold it
+                raise
+            ctx.memory.recycle(buffer)  # answered: every byte was sent
+    declared = PARAMETER.get(upload.checksum)  # the one its completion lists
+    return PartRecord(part_number=number, size=length, etag=stored.etag,
+                      checksum=sent.get(declared) if declared else None)
 
 
 def _read_part(fd: int, buffer: bytearray, *, offset: int, job: FileJob,
-               algorithm: str) -> str | None:
-    """In a worker thread: the read and the checksum (hashlib releases the GIL)."""
+               checksums: Checksums) -> dict[str, str]:
+    """In a worker thread: the read and the checksums (hashlib releases the GIL)."""
     read_into(fd, buffer, offset=offset, path=job.path)
-    return checksum_b64(algorithm, buffer)
+    return checksums(buffer)
 
 
 async def _complete(ctx: TransferContext, job: FileJob, upload: UploadRecord) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Awaitable
 
 from uploader.checksum_choice import Checksums
+from uploader.s3.datapath import Stored
 from uploader.transfer.context import TransferContext, UploadResult
 from uploader.transfer.job import (
     FileJob,
@@ -23,21 +25,20 @@ INLINE_READ_LIMIT = 256 * 1024
 
 async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
     checksums, teaching = await ctx.checksums.for_put(job.size)
-    try:
+    with ctx.checksums.lesson(teaching):
         async with ctx.memory.hold(job.size):
             body, checksum = await _read_whole(job, checksums)
-            params = {**ctx.object_params(job), **checksum, **create_only_condition(job)}
+            params = {**ctx.object_params(job), **create_only_condition(job)}
             what = ctx.describe(job, "PUT")
-            stored = await ctx.call(
-                lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
-                                            params=params, what=what),
-                key=job.key, nbytes=len(body), what=what)
-    except BaseException:
-        if teaching:
-            ctx.checksums.no_lesson()
-        raise
-    if teaching:
-        ctx.checksums.learn(checksum, stored.checksum_crc32c)
+
+            def send(sent: dict[str, str]) -> Awaitable[Stored]:
+                return ctx.call(
+                    lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
+                                                params={**params, **sent}, what=what),
+                    key=job.key, nbytes=len(body), what=what)
+
+            stored, _ = await ctx.checksums.send(checksum, send, teaching=teaching,
+                                                 resend=True)
     return UploadResult(etag=stored.etag, size=len(body))
 
 
