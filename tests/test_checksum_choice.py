@@ -13,8 +13,10 @@ import pytest
 from test_fastpath import data_requests, make_config
 from uploader.checksum_choice import WAIT_FROM_BYTES, ChecksumChoice
 from uploader.checksums import checksum_b64
+from uploader.errors import ChecksumRefused, PermanentError
 from uploader.journal import Journal, PartRecord, UploadRecord
 from uploader.pipeline import Outcome
+from uploader.s3.datapath import Stored
 from uploader.wiring import services
 
 ELSEWHERE = "http://127.0.0.1:9000"
@@ -29,8 +31,9 @@ async def test_off_aws_one_put_sends_both_and_its_answer_decides():
     choice = ChecksumChoice("auto", ELSEWHERE)
     checksums, teaching = await choice.for_put(len(BODY))
     assert teaching and checksums(BODY) == BOTH
+    assert choice.basis == "learning"
     choice.learn(BOTH, BOTH["ChecksumCRC32C"])
-    assert choice.algorithm == "crc32c" and not choice.learning
+    assert choice.algorithm == "crc32c" and not choice.learning and choice.basis == "echo"
     checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
 
@@ -40,7 +43,7 @@ async def test_an_answer_without_the_same_crc32c_settles_on_md5(answered):
     choice = ChecksumChoice("auto", ELSEWHERE)
     checksums, _ = await choice.for_put(len(BODY))
     choice.learn(checksums(BODY), answered)
-    assert choice.algorithm == "md5" and not choice.learning
+    assert choice.algorithm == "md5" and not choice.learning and choice.basis == "no echo"
     checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and checksums(BODY) == {"ContentMD5": BOTH["ContentMD5"]}
 
@@ -88,6 +91,46 @@ async def test_on_aws_a_part_of_a_crc32c_upload_carries_crc32c_alone():
     assert not teaching and checksums(BODY) == {"ChecksumCRC32C": BOTH["ChecksumCRC32C"]}
 
 
+@pytest.mark.parametrize("status, resent", [(501, True), (400, True), (403, False)])
+async def test_a_refused_body_goes_again_with_content_md5_alone(status, resent):
+    """Refused (400, 501): sent again without the crc32c, and the choice is md5. Any other
+    error (403 AccessDenied) is the request's own: raised, nothing learned."""
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    checksums, teaching = await choice.for_put(len(BODY))
+    sent_with: list[dict[str, str]] = []
+
+    async def send(sent: dict[str, str]) -> Stored:
+        sent_with.append(sent)
+        if len(sent_with) == 1:
+            raise PermanentError("PUT: refused", code="Refused", status=status)
+        return Stored("etag", None)
+
+    with choice.lesson(teaching):
+        if resent:
+            assert await choice.send(checksums(BODY), send, teaching=teaching, resend=True) == (
+                Stored("etag", None), {"ContentMD5": BOTH["ContentMD5"]})
+        else:
+            with pytest.raises(PermanentError):
+                await choice.send(checksums(BODY), send, teaching=teaching, resend=True)
+    assert sent_with == [BOTH, {"ContentMD5": BOTH["ContentMD5"]}][:1 + resent]
+    assert (choice.algorithm, choice.basis, choice.learning) == (
+        ("md5", "refusal", False) if resent else ("md5", "learning", True))
+    _, teaching = await choice.for_put(len(BODY))
+    assert teaching is not resent  # after another error, the next body teaches
+
+
+async def test_a_refused_part_raises_for_its_upload_to_start_over():
+    choice = ChecksumChoice("auto", ELSEWHERE)
+    checksums, teaching = await choice.for_body(5 * MiB, declared="crc32c")
+
+    async def send(sent: dict[str, str]) -> Stored:
+        raise PermanentError("UploadPart: refused", code="NotImplemented", status=501)
+
+    with pytest.raises(ChecksumRefused), choice.lesson(teaching):
+        await choice.send(checksums(BODY), send, teaching=teaching, resend=False)
+    assert (choice.algorithm, choice.for_new_upload(), choice.basis) == ("md5", "md5", "refusal")
+
+
 @pytest.mark.parametrize("endpoint", [None, "https://s3.eu-west-1.amazonaws.com"])
 async def test_on_aws_auto_is_crc32c_from_the_start(endpoint):
     choice = ChecksumChoice("auto", endpoint)
@@ -102,6 +145,7 @@ async def test_a_chosen_checksum_is_kept(setting):
     choice = ChecksumChoice(setting, ELSEWHERE)
     checksums, teaching = await choice.for_put(len(BODY))
     assert not teaching and "ChecksumCRC32C" not in checksums(BODY)
+    assert choice.basis == "setting"
     assert choice.algorithm == setting
     assert choice.can_resume(setting) and not choice.can_resume("crc32c")
 

@@ -18,7 +18,8 @@ from uploader.journal import Journal
 from uploader.limiter import partition_for
 from uploader.pipeline import Outcome
 from uploader.s3.datapath import AiohttpDataPath, BotocoreDataPath
-from uploader.s3client import open_s3
+from uploader import s3client
+from uploader.s3client import check_aws_settings, open_s3
 from uploader.wiring import services
 
 MiB = 1024 * 1024
@@ -114,6 +115,32 @@ async def test_a_body_that_does_not_match_its_checksum_is_rejected(params, tmp_p
                                          params=params, what="PUT s3://b/corrupt")
     assert caught.value.status == 400 and caught.value.code == "BadDigest"
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+async def test_the_client_comes_from_the_checked_session_without_the_high_level_helpers(
+        tmp_path, s3_server, s3_env, bucket):
+    """The start-up check's botocore session carries the clients (building one costs ~15 ms),
+    and the control-plane client lacks aioboto3's upload_file and the like (adding them
+    imports s3transfer, ~20 ms): its API calls work all the same."""
+    config = make_config(tmp_path, s3_server.endpoint_url, bucket)
+    check_aws_settings(config)
+    [checked] = s3client._checked_sessions.values()
+    async with open_s3(config) as access:
+        assert not s3client._checked_sessions  # taken, not built again
+        assert not hasattr(access.client, "upload_file")
+        assert (await access.client.head_bucket(Bucket=bucket))["ResponseMetadata"][
+            "HTTPStatusCode"] == 200
+        assert access.client._request_signer._credentials is await checked.get_credentials()
+
+
+async def test_a_session_checked_under_another_environment_is_not_taken(
+        tmp_path, s3_server, s3_env, bucket, monkeypatch):
+    config = make_config(tmp_path, s3_server.endpoint_url, bucket)
+    check_aws_settings(config)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # what the checked session read may differ
+    async with open_s3(config):
+        assert len(s3client._checked_sessions) == 1
+    s3client._checked_sessions.clear()
 
 
 async def test_a_wrong_secret_is_a_permanent_signature_error(tmp_path, s3_server, s3_env,

@@ -45,6 +45,7 @@ def test_counters_move_as_the_files_go(daemon_config, daemon_factory, fault_prox
     assert before.value("uploader_breaker_state", state="closed") == 1
     assert before.value("uploader_queue_depth") == 0
     assert before.value("uploader_queue_set_aside") == 0
+    assert before.value("uploader_checksum", algorithm="md5", basis="learning") == 1
     assert before.value("uploader_last_upload_timestamp_seconds") is None
 
     # Three small files, then a multipart one: the counters follow.
@@ -57,6 +58,9 @@ def test_counters_move_as_the_files_go(daemon_config, daemon_factory, fault_prox
     assert page.value("uploader_seconds_since_last_upload") is not None
     assert page.value("uploader_journal_writes_total") > 0
     assert page.value("uploader_journal_commits_total") > 0
+    # SeaweedFS echoed the first PUT's x-amz-checksum-crc32c (transfer.checksum: auto).
+    assert page.value("uploader_checksum", algorithm="crc32c", basis="echo") == 1
+    assert page.value("uploader_checksum", algorithm="md5", basis="learning") is None
     assert page.value("uploader_limiter_requests_per_second",
                       partition=f"{bucket}/incoming") == 500
     write(outbox, {"big.bin": os.urandom(6 * MiB)})

@@ -67,6 +67,8 @@ class ChecksumChoice:
         self.algorithm = resolve(setting, endpoint_url)  # for new PUTs and multipart uploads
         self.adaptive = setting == "auto" and not is_aws(endpoint_url)
         self.learning = self.adaptive
+        # Why `algorithm` is what it is: setting (or AWS), learning, echo, no echo, refusal.
+        self.basis = "learning" if self.adaptive else "setting"
         self._lesson: asyncio.Future[None] | None = None  # the teaching request's answer
         self._refused = False  # the server refused the flexible checksums
 
@@ -133,10 +135,11 @@ class ChecksumChoice:
         if self.learning:
             self.learning = False
             if answered is not None and answered == sent.get(LEARNED_PARAMETER):
-                self.algorithm = LEARNED
+                self.algorithm, self.basis = LEARNED, "echo"
                 log.info("the server verifies x-amz-checksum-crc32c: sending it instead of "
                          "Content-MD5 from now on (transfer.checksum: auto)")
             else:
+                self.basis = "no echo"
                 log.info("the server does not answer x-amz-checksum-crc32c: sending "
                          "Content-MD5 (transfer.checksum: auto)")
         self._end_lesson()
@@ -156,6 +159,7 @@ class ChecksumChoice:
             log.info("the server refuses the flexible checksums (%s): sending Content-MD5 "
                      "(transfer.checksum: auto)", exc)
         self._refused, self.learning, self.algorithm = True, False, FALLBACK
+        self.basis = "refusal"
         self._end_lesson()
 
     def _end_lesson(self) -> None:

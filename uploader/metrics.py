@@ -325,6 +325,14 @@ class _DaemonCollector(Collector):
                                     "directory (source.directory) is there, 0 while it is "
                                     "gone (removed, moved away or unmounted).",
                                     value=0 if self._source_problem() else 1)
+        checksums = self._svc.pipeline.ctx.checksums
+        chosen = GaugeMetricFamily("uploader_checksum", "1 for the integrity checksum new "
+                                   "uploads carry (transfer.checksum), and what chose it: "
+                                   "setting (or AWS); under auto off AWS, learning, echo, "
+                                   "no echo or refusal (the server's answer to "
+                                   "x-amz-checksum-crc32c).", labels=["algorithm", "basis"])
+        chosen.add_metric([checksums.algorithm, checksums.basis], 1)
+        yield chosen
         yield GaugeMetricFamily("uploader_clock_offset_seconds", "Seconds the S3 server's "
                                 "clock is ahead of the local one, as learned from a "
                                 "RequestTimeTooSkewed (0 until one); requests are signed with "
