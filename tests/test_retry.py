@@ -157,6 +157,24 @@ async def test_an_empty_retry_budget_stops_retries_and_successes_refill_it():
     assert budget.available == 1
 
 
+@pytest.mark.parametrize("code, status, retried", [
+    ("RequestTimeTooSkewed", 403, True), ("InternalError", 500, False)])
+async def test_a_retry_after_a_clock_skew_refusal_is_not_the_budgets_to_pay(code, status,
+                                                                            retried):
+    """After a clock jump every request in flight is refused once, and the refusal sets the
+    signing clock right: those retries cost no tokens, where a server's failure's do."""
+    budget = RetryBudget(capacity=4, retry_cost=5)  # not enough for one paid retry
+    retry = policy([], budget=budget)
+    operation = Script(client_error(code, status))
+    if retried:
+        assert await retry.call(operation, what="PUT") == "done"
+    else:
+        with pytest.raises(TransientError):
+            await retry.call(operation, what="PUT")
+    assert operation.calls == (2 if retried else 1)
+    assert budget.refused == (0 if retried else 1)
+
+
 async def test_a_successful_retry_gives_its_cost_back():
     budget = RetryBudget(capacity=100, retry_cost=5, timeout_retry_cost=10)
     retry = policy([], budget=budget)

@@ -18,7 +18,8 @@ Each attempt, in order:
 Before a retry, the shared retry budget must pay for it (as the AWS SDKs'
 standard mode); if it cannot, the error is raised instead, and the caller
 keeps the file for later (`Outcome.DEFERRED`), so a fleet of tasks cannot
-turn an outage into a retry storm.
+turn an outage into a retry storm. A retry after a clock-skew refusal is not
+charged: the fault was our clock's, and the refusal corrected it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from uploader import clock_skew
 from uploader.breaker import CircuitBreaker
 from uploader.clock import Clock, SystemClock
 from uploader.errors import ConnectionFailure, ThrottleError, TransferError, TransientError
@@ -184,6 +186,12 @@ class RetryPolicy:
         if self.budget is None:
             return False
         exc = state.outcome.exception() if state.outcome else None
+        if getattr(exc, "code", None) in clock_skew.SKEW_CODES:
+            # Our clock was off, not the server failing: the refusal's Date set the
+            # signing clock right (`uploader.clock_skew`). After a clock jump every request
+            # in flight is refused once; charged, their retries would drain the budget and
+            # defer files that the very next attempt uploads.
+            return False
         cost = self.budget.try_acquire(timeout=isinstance(exc, ConnectionFailure))
         if cost is None:
             log.warning("retry budget exhausted; not retrying %s now", call.what,
