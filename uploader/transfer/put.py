@@ -32,9 +32,10 @@ async def put_file(ctx: TransferContext, job: FileJob) -> UploadResult:
             what = ctx.describe(job, "PUT")
 
             def send(sent: dict[str, str]) -> Awaitable[Stored]:
+                request = {**params, **sent}  # once, not at every attempt
                 return ctx.call(
                     lambda: ctx.data.put_object(bucket=ctx.bucket, key=job.key, body=body,
-                                                params={**params, **sent}, what=what),
+                                                params=request, what=what),
                     key=job.key, nbytes=len(body), what=what)
 
             stored, _ = await ctx.checksums.send(checksum, send, teaching=teaching,
