@@ -70,7 +70,6 @@ class ChecksumChoice:
         # Why `algorithm` is what it is: setting (or AWS), learning, echo, no echo, refusal.
         self.basis = "learning" if self.adaptive else "setting"
         self._lesson: asyncio.Future[None] | None = None  # the teaching request's answer
-        self._refused = False  # the server refused the flexible checksums
 
     def for_new_upload(self) -> str:
         """The algorithm a new multipart upload declares: crc32c while still learning."""
@@ -155,11 +154,10 @@ class ChecksumChoice:
         return True
 
     def _settle_refused(self, exc: PermanentError) -> None:
-        if not self._refused:
+        if self.basis != "refusal":  # said once
             log.info("the server refuses the flexible checksums (%s): sending Content-MD5 "
                      "(transfer.checksum: auto)", exc)
-        self._refused, self.learning, self.algorithm = True, False, FALLBACK
-        self.basis = "refusal"
+        self.learning, self.algorithm, self.basis = False, FALLBACK, "refusal"
         self._end_lesson()
 
     def _end_lesson(self) -> None:
