@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import mmap
 import os
 from pathlib import Path
 
@@ -88,6 +90,19 @@ def test_part_buffers_are_reused_and_kept_within_the_budget():
     assert len(big) == 8 and budget.pooled + 8 <= 10
     budget.discard(big)  # a failed request's buffer is not kept
     assert budget.pooled <= 2 and budget.buffers_allocated == 3
+
+
+def test_part_buffers_start_on_a_page_boundary_and_are_zeroed():
+    """The kernel copies file pages into a buffer 8 or 16 bytes past a page boundary
+    ~2.5 times slower; a bytearray of a part's size starts exactly there."""
+    budget = MemoryBudget(capacity=64 * MiB)
+    for size in (5 * MiB, 8 * MiB + 1, 3):
+        buffer = budget.buffer(size)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+        assert address % mmap.PAGESIZE == 0, hex(address)
+        assert len(buffer) == size and memoryview(buffer).nbytes == size
+        assert buffer[:16] == buffer[-16:] == bytes(min(16, size))
+        budget.discard(buffer)
 
 
 def sparse_but_real(path: Path, size: int) -> None:

@@ -18,13 +18,25 @@ allocated, faulted in and zeroed again for every part (~0.3 CPU-s per GB),
 and freed parts do not linger in the allocator's arenas: the buffers kept plus
 those in use never exceed the budget, so the process's memory for file data
 is the budget at most.
+
+A buffer is an anonymous memory mapping, so it starts on a page boundary. A
+bytearray of a part's size would start 16 bytes past one (glibc serves it
+from its own mapping, after a 16-byte header), and there the kernel copies
+file pages into it 2.5 times slower (measured on this project's machine:
+~0.5 against ~0.2 CPU-s per GB read; a destination 8 or 16 bytes off the
+source's page alignment takes the slow path of the CPU's copy). Mapped with
+MAP_POPULATE, its pages are faulted in by one call, not one fault per page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import mmap
 from types import TracebackType
+
+# Linux: fault every page in at mapping time (the whole buffer is about to be written).
+_MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class MemoryBudget:
@@ -37,7 +49,7 @@ class MemoryBudget:
         self.in_use = 0
         self.high_water = 0  # the most ever held at once (for tests, metrics, benchmarks)
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-        self._free: dict[int, list[bytearray]] = {}  # buffers given back, by size
+        self._free: dict[int, list[mmap.mmap]] = {}  # buffers given back, by size
         self._lent = 0  # bytes of buffers handed out and not given back
         self.buffers_allocated = 0  # buffers ever allocated (reuse shows as few)
 
@@ -79,9 +91,9 @@ class MemoryBudget:
         """Bytes of buffers kept for reuse (not lent out)."""
         return sum(len(b) for buffers in self._free.values() for b in buffers)
 
-    def buffer(self, nbytes: int) -> bytearray:
-        """A buffer of exactly `nbytes`, reused if one was given back. Call only while
-        holding `nbytes` of the budget (`hold`)."""
+    def buffer(self, nbytes: int) -> mmap.mmap:
+        """A writable, page-aligned buffer of exactly `nbytes` (> 0), reused if one was
+        given back. Call only while holding `nbytes` of the budget (`hold`)."""
         self._lent += nbytes
         kept = self._free.get(nbytes)
         if kept:
@@ -93,14 +105,15 @@ class MemoryBudget:
                 self._free[size].pop()
                 excess -= size
         self.buffers_allocated += 1
-        return bytearray(nbytes)
+        # Unmapped when the last reference goes (a view a failed request still holds).
+        return mmap.mmap(-1, nbytes, flags=_MAP_FLAGS)
 
-    def recycle(self, buffer: bytearray) -> None:
+    def recycle(self, buffer: mmap.mmap) -> None:
         """Give a buffer back for reuse, once nothing (a socket) can still read it."""
         self._lent -= len(buffer)
         self._free.setdefault(len(buffer), []).append(buffer)
 
-    def discard(self, buffer: bytearray) -> None:
+    def discard(self, buffer: mmap.mmap) -> None:
         """A buffer not to reuse (a failed request may still hold it): let it go."""
         self._lent -= len(buffer)
 

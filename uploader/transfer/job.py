@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ def read_range(fd: int, *, offset: int, length: int, path: Path) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" when length is 0
 
 
-def read_into(fd: int, buffer: bytearray, *, offset: int, path: Path) -> None:
+def read_into(fd: int, buffer: bytearray | mmap.mmap, *, offset: int, path: Path) -> None:
     """Fill `buffer` from `offset` (no allocation: the buffer is reused part after part)."""
     view = memoryview(buffer)
     filled = 0

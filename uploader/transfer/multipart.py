@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import mmap
 import os
 import time
 from typing import Any, Awaitable, Iterator
@@ -315,7 +316,7 @@ async def _send_part(ctx: TransferContext, job: FileJob, upload: UploadRecord, f
                       checksum=sent.get(declared) if declared else None)
 
 
-def _read_part(fd: int, buffer: bytearray, *, offset: int, job: FileJob,
+def _read_part(fd: int, buffer: mmap.mmap, *, offset: int, job: FileJob,
                checksums: Checksums) -> dict[str, str]:
     """In a worker thread: the read and the checksums (hashlib releases the GIL)."""
     read_into(fd, buffer, offset=offset, path=job.path)
