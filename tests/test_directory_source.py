@@ -98,6 +98,44 @@ async def test_files_written_in_a_renamed_folder_are_taken_by_their_events(root)
         await stopped(task)
 
 
+async def test_a_folder_moved_out_of_the_tree_is_no_longer_watched(root, tmp_path):
+    """An app that archives finished folders outside the tree: a watch follows its
+    folder's inode, so each kept one would count against fs.inotify.max_user_watches
+    (and raise events) for as long as the daemon runs."""
+    (root / "batch" / "inner").mkdir(parents=True)
+    (root / "keep").mkdir()
+    recorder = Recorder()
+    source, task = await running(root, recorder, rescan=3600)
+    try:
+        assert _kernel_watches() == 4  # the root, batch, batch/inner, keep
+        (root / "batch").rename(tmp_path / "archive")
+        await _until(lambda: _kernel_watches() == 2)
+        (tmp_path / "archive" / "inner" / "late.dat").write_bytes(b"outside the tree now")
+        # A folder renamed within the tree is watched again under its new name.
+        (root / "keep").rename(root / "kept")
+        await asyncio.wait_for(_scans(source, 2), 10)
+        (root / "kept" / "new.dat").write_bytes(b"after the rename")
+        await recorder.wait_for(root / "kept" / "new.dat")
+        assert _kernel_watches() == 2
+        assert recorder.submitted == [root / "kept" / "new.dat"]
+    finally:
+        await stopped(task)
+
+
+def _kernel_watches() -> int:
+    """inotify watches this process holds, as the kernel counts them."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                count += sum(line.startswith("inotify wd:") for line in info)
+        except OSError:
+            continue  # closed meanwhile
+    return count
+
+
 async def _scans(source: DirectorySource, count: int) -> None:
     while source.scans_completed < count:
         await asyncio.sleep(0.02)

@@ -45,7 +45,7 @@ from uploader.sources.walk import TreeWalker
 from uploader.transfer.job import Signature
 
 try:  # Linux only; elsewhere rescans do the work.
-    from asyncinotify import Inotify, Mask
+    from asyncinotify import Inotify, Mask, Watch
 except (ImportError, OSError):  # pragma: no cover - exercised on non-Linux only
     Inotify = None  # type: ignore[assignment,misc]
 
@@ -87,6 +87,7 @@ class DirectorySource:
         self._subtrees: list[Path] = []
         self._ready = asyncio.Event()
         self._inotify: "Inotify | None" = None
+        self._watches: dict[int, "Watch"] = {}  # by descriptor, while the kernel keeps them
         self._watch_limit_reached = False  # warned once: fs.inotify.max_user_watches
         self._root_missing_since: float | None = None  # wall clock
         self.scans_completed = 0
@@ -235,6 +236,7 @@ class DirectorySource:
                 if self._inotify is not None:
                     self._inotify.close()  # with it every watch on the old tree
                     self._inotify = None
+                    self._watches.clear()
             self._writing.clear()  # what was open for writing was in the old tree
             self._full_rescan = True  # with the new instance's watches
             self._wake.set()
@@ -283,6 +285,21 @@ class DirectorySource:
         # A watch follows its folder's inode; after a rename it is found again under
         # the new path, and its events must name files by that path from now on.
         watch.path = directory
+        self._watches[watch.wd] = watch
+
+    def _unwatch(self, inotify: "Inotify", top: Path) -> None:
+        """Stop watching a folder moved away, and every folder in it.
+
+        A watch follows its folder's inode wherever it goes: a folder moved out of
+        the tree (an app archiving what it finished) would keep counting against
+        fs.inotify.max_user_watches, and raising events, for as long as we run. A
+        folder renamed within the tree is watched again under its new name
+        (IN_MOVED_TO), and its scan takes what landed in between.
+        """
+        for wd, watch in list(self._watches.items()):
+            if watch.path == top or top in watch.path.parents:
+                inotify.rm_watch(watch)
+                del self._watches[wd]
 
     def _cannot_watch(self, directory: Path, exc: OSError) -> None:
         if exc.errno != errno.ENOSPC:
@@ -307,11 +324,18 @@ class DirectorySource:
             self._full_rescan = True
             self._wake.set()
             return
+        if Mask.IGNORED in kind:  # the watch is gone (its folder deleted, or removed by us)
+            watch = event.watch  # type: ignore[attr-defined]
+            if watch is not None:
+                self._watches.pop(watch.wd, None)
+            return
         path = event.path  # type: ignore[attr-defined]
         if path is None:
             return
         if Mask.ISDIR in kind:
-            if kind & (Mask.CREATE | Mask.MOVED_TO) and self.walker.wants_dir(path):
+            if kind & Mask.MOVED_FROM:
+                self._unwatch(inotify, path)
+            elif kind & (Mask.CREATE | Mask.MOVED_TO) and self.walker.wants_dir(path):
                 # Files may have landed before the watch existed: scan the new tree.
                 self._add_watches(inotify, path, mask)
                 self._subtrees.append(path)
