@@ -7,6 +7,7 @@ The fault proxy in front of it records every request, so which path sent what
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,29 @@ async def test_a_session_checked_under_another_environment_is_not_taken(
     async with open_s3(config):
         assert len(s3client._checked_sessions) == 1
     s3client._checked_sessions.clear()
+
+
+async def test_a_plain_http_endpoint_from_the_environment_loads_no_ca_bundle(
+        tmp_path, s3_server, s3_env, bucket, s3, monkeypatch):
+    """AWS_ENDPOINT_URL=http://... with no endpoint configured: no TLS to verify, so
+    neither the data path nor the control plane loads a CA bundle (~25 ms of CPU
+    each at every start)."""
+    loaded = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def spy(context, *args, **kwargs):
+        loaded.append(args)
+        return original(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", spy)
+    config = make_config(tmp_path, None, bucket)
+    async with open_s3(config) as access:
+        assert access.client.meta.endpoint_url == s3_server.endpoint_url
+        await access.client.head_bucket(Bucket=bucket)  # the control plane connects too
+        await access.data.put_object(bucket=bucket, key="plain.txt", body=b"plain",
+                                     params={}, what="PUT plain.txt")
+    assert s3.get_object(Bucket=bucket, Key="plain.txt")["Body"].read() == b"plain"
+    assert loaded == []
 
 
 async def test_a_wrong_secret_is_a_permanent_signature_error(tmp_path, s3_server, s3_env,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import zlib
 
 import pytest
@@ -213,6 +214,34 @@ def test_a_file_written_to_while_it_was_read_is_caught_on_the_descriptor(tmp_pat
             ensure_read_unchanged(fd, job)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("service, explicit, env, config_file, expected", [
+    ("s3", "https://minio.local", {"AWS_ENDPOINT_URL": "http://env:1"}, "", "https://minio.local"),
+    ("s3", None, {"AWS_ENDPOINT_URL": "http://env:1"}, "", "http://env:1"),
+    ("s3", None, {"AWS_ENDPOINT_URL": "http://env:1", "AWS_ENDPOINT_URL_S3": "http://s3:2"}, "",
+     "http://s3:2"),
+    ("sqs", None, {"AWS_ENDPOINT_URL": "http://env:1", "AWS_ENDPOINT_URL_S3": "http://s3:2"}, "",
+     "http://env:1"),
+    ("s3", None, {"AWS_ENDPOINT_URL": "http://env:1",
+                  "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}, "", None),
+    ("s3", None, {}, "endpoint_url = http://profile:3\n", "http://profile:3"),
+    ("s3", None, {}, "", None),  # AWS
+])
+def test_the_endpoint_a_client_will_use_is_found_as_botocore_finds_it(
+        tmp_path, monkeypatch, service, explicit, env, config_file, expected):
+    from aiobotocore.session import AioSession
+
+    from uploader.s3client import configured_endpoint
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    (tmp_path / "config").write_text("[default]\n" + config_file)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert configured_endpoint(AioSession(), service, explicit) == expected
 
 
 @pytest.mark.parametrize("endpoint, proxy, expected", [

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from botocore.configprovider import ConfiguredEndpointProvider
 from botocore.exceptions import ProfileNotFound
 
 from uploader import clock_skew
@@ -55,6 +56,19 @@ def client_config(config: Config) -> AioConfig:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+
+
+def configured_endpoint(session: AioSession, service: str, explicit: str | None) -> str | None:
+    """The endpoint a client of `service` will talk to: `explicit` (the configuration's),
+    else the one botocore finds configured (AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL,
+    the profile's `endpoint_url`), else None (AWS's own, always HTTPS)."""
+    if explicit is not None:
+        return explicit
+    if session.get_config_variable("ignore_configured_endpoint_urls"):
+        return None
+    return ConfiguredEndpointProvider(full_config=session.full_config,
+                                      scoped_config=session.get_scoped_config(),
+                                      client_name=service).provide()
 
 
 def tls_verification(endpoint_url: str | None) -> bool | None:
@@ -137,13 +151,8 @@ class S3Access:
 @contextlib.asynccontextmanager
 async def open_s3(config: Config) -> AsyncIterator[S3Access]:
     """The control-plane client and the data path, closed in reverse order."""
-    clock_skew.install()  # both sign with the server's time once a skew is seen
     core = _session(config.s3.profile)
-    session = ControlPlaneSession(botocore_session=core)
-    async with session.client("s3", endpoint_url=config.s3.endpoint_url,
-                              region_name=config.s3.region,
-                              verify=tls_verification(config.s3.endpoint_url),
-                              config=client_config(config)) as client, \
+    async with _control_client(config, core) as client, \
             open_data_path(config, client=client, session=core) as data:
         yield S3Access(client=client, data=data)
 
@@ -151,10 +160,13 @@ async def open_s3(config: Config) -> AsyncIterator[S3Access]:
 @contextlib.asynccontextmanager
 async def open_s3_client(config: Config) -> AsyncIterator[Any]:
     """The aioboto3 client alone (for callers that send no object data)."""
-    clock_skew.install()
-    session = ControlPlaneSession(botocore_session=_session(config.s3.profile))
-    async with session.client("s3", endpoint_url=config.s3.endpoint_url,
-                              region_name=config.s3.region,
-                              verify=tls_verification(config.s3.endpoint_url),
-                              config=client_config(config)) as client:
+    async with _control_client(config, _session(config.s3.profile)) as client:
         yield client
+
+
+def _control_client(config: Config, core: AioSession) -> Any:
+    clock_skew.install()  # every client signs with the server's time once a skew is seen
+    endpoint = configured_endpoint(core, "s3", config.s3.endpoint_url)
+    return ControlPlaneSession(botocore_session=core).client(
+        "s3", endpoint_url=config.s3.endpoint_url, region_name=config.s3.region,
+        verify=tls_verification(endpoint), config=client_config(config))

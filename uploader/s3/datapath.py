@@ -235,7 +235,8 @@ async def open_data_path(config: Config, *, client: Any,
         return
     credentials = await session.get_credentials()  # cached by the session: no new lookup
     ca_bundle = session.get_config_variable("ca_bundle")
-    async with _http_session(config, tls=_tls(config, ca_bundle=ca_bundle)) as http:
+    tls = _tls(client.meta.endpoint_url, ca_bundle=ca_bundle)
+    async with _http_session(config, tls=tls) as http:
         data = AiohttpDataPath(client=client, http=http, credentials=credentials,
                                stall_seconds=config.transfer.read_timeout_seconds)
         await data.endpoint(config.s3.bucket)  # resolve once, up front
@@ -260,14 +261,14 @@ def _http_session(config: Config, *, tls: ssl.SSLContext | bool) -> aiohttp.Clie
         headers={"User-Agent": _user_agent()})
 
 
-def _tls(config: Config, *, ca_bundle: str | None) -> ssl.SSLContext | bool:
+def _tls(endpoint: str, *, ca_bundle: str | None) -> ssl.SSLContext | bool:
     """Verified TLS with the CA bundle botocore would use (AWS_CA_BUNDLE, ca_bundle, certifi).
 
-    Built only when the endpoint may be HTTPS (AWS always is): loading a CA
-    bundle costs tens of milliseconds at every start.
+    Built only when the endpoint the client resolved (the configuration's, or
+    AWS_ENDPOINT_URL and the like) is HTTPS: loading a CA bundle costs tens of
+    milliseconds at every start.
     """
-    endpoint = config.s3.endpoint_url
-    if endpoint is not None and endpoint.lower().startswith("http://"):
+    if endpoint.lower().startswith("http://"):
         return True  # aiohttp's default context; never used over plain HTTP
     return ssl.create_default_context(cafile=get_cert_path(ca_bundle or True))
 

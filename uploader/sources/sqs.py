@@ -43,6 +43,7 @@ from typing import Any, AsyncIterator
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 
 from uploader.config import Config
 from uploader.errors import ConfigError
@@ -50,7 +51,7 @@ from uploader.intake import RECHECK_SECONDS
 from uploader.open_files import fitting_concurrency
 from uploader.pipeline import Outcome, Pipeline
 from uploader.s3.metadata import MetadataError, check_metadata
-from uploader.s3client import tls_verification
+from uploader.s3client import configured_endpoint, tls_verification
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,11 @@ def _default_name(path: Path, root: Path | None) -> str:
 @contextlib.asynccontextmanager
 async def open_sqs_client(config: Config) -> AsyncIterator[Any]:
     source = config.source
-    session = aioboto3.Session(profile_name=config.s3.profile)
-    async with session.client(
+    core = AioSession(profile=config.s3.profile)
+    endpoint = configured_endpoint(core, "sqs", source.endpoint_url)
+    async with aioboto3.Session(botocore_session=core).client(
             "sqs", endpoint_url=source.endpoint_url, region_name=source.region or config.s3.region,
-            verify=tls_verification(source.endpoint_url),
+            verify=tls_verification(endpoint),
             config=AioConfig(retries={"mode": "standard", "max_attempts": 5},
                              connect_timeout=config.transfer.connect_timeout_seconds,
                              read_timeout=source.wait_time_seconds + 10)) as client:
