@@ -1,4 +1,6 @@
-"""Does the target bucket exist? Asked once, then again every `recheck_seconds`.
+"""Does the target bucket exist? Asked once, then again every `recheck_seconds`
+(the daemon's `retry.retry_later_seconds`: as often as the files waiting for it are
+put back in line).
 
 AWS answers a PUT into a missing bucket with NoSuchBucket, but several
 S3-compatible servers silently create the bucket instead. Asking HeadBucket
