@@ -135,6 +135,37 @@ async def test_concurrent_workers_share_one_bucket_check(tmp_path, s3_server, s3
     assert fault_proxy.count(method="HEAD", path_prefix=f"/{bucket}") == 1
 
 
+async def test_a_missing_bucket_is_asked_about_sooner_than_one_that_exists(
+        tmp_path, s3_server, s3_env, bucket, fault_proxy):
+    """Files waiting for a missing bucket come back every retry_later_seconds, and each
+    return asks again once that long has passed; a bucket that exists is asked about
+    again only every 30 s (a HeadBucket per returning file would be a request per file)."""
+    import pytest
+
+    from uploader.bucket_check import BucketCheck
+    from uploader.errors import BucketMissing
+    from uploader.retry import RetryPolicy
+    from uploader.s3client import open_s3_client
+
+    config = make_config(tmp_path, s3_server, bucket)
+    config.s3.endpoint_url = fault_proxy.url
+    absent = f"{bucket}-absent"
+    now = [0.0]
+    retry = RetryPolicy(max_attempts=2, base_seconds=0.01, cap_seconds=0.1)
+    async with open_s3_client(config) as client:
+        present, missing = (BucketCheck(client=client, bucket=name, retry=retry,
+                                        missing_recheck_seconds=1.0, clock=lambda: now[0])
+                            for name in (bucket, absent))
+        for _ in range(2):  # the second time 2 s later: past 1 s, well within 30 s
+            await present.ensure_exists()
+            with pytest.raises(BucketMissing):
+                await missing.ensure_exists()
+            now[0] += 2.0
+    asked_absent = fault_proxy.count(method="HEAD", path_prefix=f"/{absent}")
+    asked_present = fault_proxy.count(method="HEAD", path_prefix=f"/{bucket}") - asked_absent
+    assert (asked_present, asked_absent) == (1, 2)
+
+
 async def test_a_journal_that_cannot_be_written_defers_the_file_and_sends_nothing(
         tmp_path, s3_server, s3_env, bucket, s3, caplog):
     """The state volume cannot be written (full, gone read-only): the file's `uploading`

@@ -1,6 +1,6 @@
-"""Does the target bucket exist? Asked once, then again every `recheck_seconds`
-(the daemon's `retry.retry_later_seconds`: as often as the files waiting for it are
-put back in line).
+"""Does the target bucket exist? Asked once, then again every `recheck_seconds`; while
+it is missing, every `missing_recheck_seconds` (the daemon's `retry.retry_later_seconds`:
+as often as the files waiting for it are put back in line).
 
 AWS answers a PUT into a missing bucket with NoSuchBucket, but several
 S3-compatible servers silently create the bucket instead. Asking HeadBucket
@@ -25,12 +25,14 @@ from uploader.retry import RetryPolicy
 
 class BucketCheck:
     def __init__(self, *, client: Any, bucket: str, retry: RetryPolicy,
-                 recheck_seconds: float = 30.0,
+                 recheck_seconds: float = 30.0, missing_recheck_seconds: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.bucket = bucket
         self.retry = retry
         self.recheck_seconds = recheck_seconds
+        self.missing_recheck_seconds = (recheck_seconds if missing_recheck_seconds is None
+                                        else missing_recheck_seconds)
         self._clock = clock
         self._checked_at: float | None = None
         self._missing: BucketMissing | None = None
@@ -39,7 +41,8 @@ class BucketCheck:
     async def ensure_exists(self) -> None:
         """Raise BucketMissing (code NoSuchBucket) if the bucket is known not to exist."""
         now = self._clock()
-        if self._checked_at is None or now - self._checked_at >= self.recheck_seconds:
+        interval = self.missing_recheck_seconds if self._missing else self.recheck_seconds
+        if self._checked_at is None or now - self._checked_at >= interval:
             if self._asking is None:  # one HeadBucket for every caller waiting on it
                 self._asking = asyncio.ensure_future(self._ask())
                 self._asking.add_done_callback(self._answered)

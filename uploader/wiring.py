@@ -50,10 +50,10 @@ async def services(config: Config, *, journal: Journal,
                                     journal=journal)
         pipeline = Pipeline(ctx=ctx, journal=journal, keys=key_namer(config),
                             after_upload=AfterUpload(config.after_upload, config.move_to),
-                            # Asked again as often as the files waiting for it come back.
+                            # Missing, asked again as often as the files waiting come back.
                             bucket_check=BucketCheck(
                                 client=client, bucket=config.s3.bucket, retry=retry,
-                                recheck_seconds=config.retry.retry_later_seconds),
+                                missing_recheck_seconds=config.retry.retry_later_seconds),
                             follow_symlinks=config.source.follow_symlinks,
                             shared_work=config.source.type == "sqs",
                             # A one-shot's deferred file is a failure: each is named.
