@@ -119,7 +119,10 @@ def share_files(root: Path, count: int) -> dict[Path, bytes]:
 def test_three_uploaders_drain_a_queue_exactly_once_despite_a_sigkill(
         sqs_config, daemon_factory, queue, fault_proxy, s3, bucket, tmp_path):
     root = tmp_path / "outbox"  # the "shared filesystem": source.directory
-    files = share_files(root, 1000)
+    # 400 files: moto's SQS scans the whole queue in every call (a send or a receive takes
+    # ~0.2 ms per message queued), so its cost grows with the square of the queue's depth.
+    # With 1,000 a receive took ~0.8 s and the drain alone ~30 s, more under load.
+    files = share_files(root, 400)
     queue.send([json.dumps({"path": str(path)}) for path in files])
     # 10 s, not 5: on moto (every SQS call serialised, scanning the whole queue) a heartbeat
     # can come late under load, a message then reappears to a second process and, at the
@@ -128,14 +131,18 @@ def test_three_uploaders_drain_a_queue_exactly_once_despite_a_sigkill(
     fleet = [daemon_factory(config, env={"UPLOADER_STATE_DIR": str(tmp_path / f"state-{n}")})
              for n in range(3)]  # each instance its own state_dir: one would refuse the others
 
-    fault_proxy.wait_for(300, timeout=120, where=lambda r: r.is_put_object and r.ok)
+    fault_proxy.wait_for(120, timeout=120, where=lambda r: r.is_put_object and r.ok)
     fleet[0].process.kill()  # its messages in hand reappear after the visibility timeout
     fleet[0].process.wait(timeout=30)
 
     expected = {f"incoming/{path.relative_to(root).as_posix()}": data
                 for path, data in files.items()}
-    wait_until(lambda: keys_in(s3, bucket) >= set(expected), timeout=150,
-               what="every file from the queue")
+    try:
+        wait_until(lambda: keys_in(s3, bucket) >= set(expected), timeout=150,
+                   what="every file from the queue")
+    except AssertionError as exc:
+        raise AssertionError(_fleet_state(exc, expected, keys_in(s3, bucket), queue,
+                                          fleet)) from None
     wait_until(lambda: queue.depth() == 0, timeout=60, what="the queue to be empty")
     for daemon in fleet[1:]:
         assert daemon.terminate() == 0
@@ -148,6 +155,21 @@ def test_three_uploaders_drain_a_queue_exactly_once_despite_a_sigkill(
     assert queue.depth(queue.dlq_url) == 0
     shared = [d for d in fleet[1:] if "uploaded" in d.log()]
     assert len(shared) == 2, "both surviving uploaders took part"
+
+
+def _fleet_state(exc: AssertionError, expected: dict[str, bytes], present: set[str],
+                 queue: Queue, fleet: list) -> str:
+    """What a stalled fleet was doing: missing keys, where the messages are, and every
+    warning or error each instance logged."""
+    missing = sorted(set(expected) - present)
+    lines = [str(exc), f"{len(missing)} key(s) missing, e.g. {missing[:5]}",
+             f"queue depth {queue.depth()}, dead-letter queue depth {queue.depth(queue.dlq_url)}"]
+    for n, daemon in enumerate(fleet):
+        noisy = [line for line in daemon.log().splitlines()
+                 if " WARNING " in line or " ERROR " in line]
+        lines.append(f"instance {n}: {len(noisy)} warning/error line(s)")
+        lines.extend(noisy[-20:])
+    return "\n".join(lines)
 
 
 def test_poison_messages_end_in_the_dead_letter_queue_without_stalling(
