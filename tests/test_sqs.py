@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aioboto3
 import pytest
 import yaml
 
@@ -22,7 +23,7 @@ from daemon_harness import daemon_config, daemon_factory, run_cli, wait_until  #
 from daemon_harness import journal_rows, keys_in, object_bytes
 from fault_proxy import FaultProxy
 from ops_harness import endpoint, scrape, wait_for_metric
-from uploader.sources.sqs import MessageError, _PathLocks, parse_message
+from uploader.sources.sqs import MessageError, _Heartbeats, _PathLocks, parse_message
 
 MiB = 1024 * 1024
 
@@ -227,8 +228,7 @@ def test_a_long_upload_keeps_its_message_with_heartbeats(
         wait_until(lambda: queue.depth() == 0, timeout=90, what="the message handled")
         for daemon in (first, second):
             assert daemon.terminate() == 0
-        heartbeats = sqs_proxy.count(where=lambda r: r.headers.get("x-amz-target", "").endswith(
-            "ChangeMessageVisibility"))
+        heartbeats = sqs_proxy.count(where=lambda r: sqs_action(r) == "ChangeMessageVisibilityBatch")
     finally:
         sqs_proxy.stop()
     assert heartbeats >= 2
@@ -236,6 +236,42 @@ def test_a_long_upload_keeps_its_message_with_heartbeats(
     assert fault_proxy.count(method="POST", query_has="uploads") == 1, "one multipart upload"
     assert "slow.bin" not in second.log()
     assert object_bytes(s3, bucket, "incoming/slow.bin") == data
+
+
+def sqs_action(record) -> str:
+    """The SQS action of a request seen by the proxy (JSON protocol: X-Amz-Target)."""
+    return record.headers.get("x-amz-target", "").rpartition(".")[2]
+
+
+@pytest.mark.timeout(90)
+def test_messages_in_hand_share_their_heartbeats(
+        sqs_config, daemon_factory, queue, fault_proxy, moto_server, s3, bucket, tmp_path):
+    """12 messages in hand, every S3 request 3 s late (the bucket check, a HEAD and a PUT:
+    each upload ~10 s), visibility 5 s: each third of it, their extensions go in 2
+    batches, not 12 calls."""
+    sqs_proxy = FaultProxy(moto_server.endpoint_url).start()
+    try:
+        files = share_files(tmp_path / "outbox", 12)
+        fault_proxy.latency = 3
+        queue.send([json.dumps({"path": str(path)}) for path in files])
+        daemon = daemon_factory(sqs_config(endpoint_url=sqs_proxy.url))
+        wait_until(lambda: queue.depth() == 0, timeout=60, what="every message handled")
+        assert daemon.terminate() == 0
+        records = sqs_proxy.records()
+    finally:
+        sqs_proxy.stop()
+    actions = [sqs_action(r) for r in records]
+    assert "ChangeMessageVisibility" not in actions, "one call per message"
+    beats = sorted(r.t_start for r in records if sqs_action(r) == "ChangeMessageVisibilityBatch")
+    rounds = [[t for t in beats if start <= t < start + 0.5]
+              for n, start in enumerate(beats) if n == 0 or start - beats[n - 1] >= 0.5]
+    # Measured: a round every ~1.7 s for the ~12 s the uploads take, 2 batches each.
+    assert len(rounds) >= 3, beats
+    assert all(len(batches) <= 2 for batches in rounds), beats
+    for path in files:
+        key = f"incoming/{path.relative_to(tmp_path / 'outbox').as_posix()}"
+        assert fault_proxy.completed_uploads(key) == 1, key
+    assert "could not extend" not in daemon.log()
 
 
 # ------------------------------------------------------------------ enqueue
@@ -380,6 +416,37 @@ async def test_messages_waiting_for_a_duplicate_are_counted():
     assert locks.waiting == 0  # a cancelled waiter is not counted any more
     release.set()
     await asyncio.gather(*tasks[:2])
+
+
+async def test_heartbeats_keep_messages_hidden_and_name_the_ones_sqs_refuses(
+        moto_server, queue, caplog):
+    """Real receipts from moto with a 3 s visibility, and one receipt SQS does not know:
+    4.5 s later the 12 real ones are still hidden, the bad one is logged, none is lost."""
+    queue.send([json.dumps({"path": f"/x/{n}"}) for n in range(12)])
+    session = aioboto3.Session(**session_args(moto_server))
+    async with session.client("sqs", endpoint_url=moto_server.endpoint_url) as client:
+        receipts = []
+        while len(receipts) < 12:
+            response = await client.receive_message(QueueUrl=queue.url, MaxNumberOfMessages=10,
+                                                    VisibilityTimeout=3)
+            receipts += [m["ReceiptHandle"] for m in response.get("Messages", [])]
+        heartbeats = _Heartbeats(client, queue.url, visibility=3)
+        for receipt in [*receipts, "not-a-receipt"]:
+            heartbeats.hold(receipt)
+        await asyncio.sleep(4.5)
+        assert visible(queue) == 0, "a message came back while held"
+        assert heartbeats.extended >= 24  # two rounds of 12
+        heartbeats.drop("not-a-receipt")
+        for receipt in receipts:
+            heartbeats.drop(receipt)
+        await heartbeats.close()
+    assert "could not extend a message's visibility" in caplog.text
+    wait_until(lambda: visible(queue) == 12, timeout=10, what="the messages back once dropped")
+
+
+def session_args(moto_server) -> dict[str, str]:
+    return {"aws_access_key_id": moto_server.access_key,
+            "aws_secret_access_key": moto_server.secret_key, "region_name": moto_server.region}
 
 
 @pytest.mark.timeout(90)

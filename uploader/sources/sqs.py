@@ -12,7 +12,9 @@ Each message names a file on a shared filesystem (EFS, NFS) as JSON:
   until the partition has room. At most 4 x `transfer.concurrency` messages
   wait aside; beyond that, messages are handled as they come.
 - While a message's upload runs, its visibility timeout is extended every
-  third of the timeout (heartbeat), so a long multipart upload keeps it.
+  third of the timeout (heartbeat), so a long multipart upload keeps it. The
+  messages in hand share the heartbeats: one ChangeMessageVisibilityBatch per
+  10 messages, not one call per message (SQS bills by the request).
 - The message is deleted (in batches) only after the object is verified in S3.
 - A message whose file failed for good, or that is malformed, is logged with
   the reason and released at once (visibility 0); after the queue's
@@ -37,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -202,6 +205,73 @@ class _Deleter:
         await self._flush(delay=0)
 
 
+async def _change_visibility(client: Any, queue_url: str, receipts: list[str],
+                             seconds: int) -> list[str]:
+    """Set the visibility timeout of `receipts`, 10 to a request; the reasons of entries
+    SQS refused. A failed request raises (the callers decide what it means)."""
+    reasons: list[str] = []
+    for start in range(0, len(receipts), MAX_BATCH):
+        entries = [{"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
+                   for i, receipt in enumerate(receipts[start:start + MAX_BATCH])]
+        response = await client.change_message_visibility_batch(QueueUrl=queue_url,
+                                                                Entries=entries)
+        reasons += [failure.get("Message", "?") for failure in response.get("Failed", [])]
+    return reasons
+
+
+class _Heartbeats:
+    """Keeps the messages in hand hidden while their uploads run: every third of the
+    visibility timeout, extended in batches. One message due makes the others due within
+    the next sixth go with it, so the batches stay full (an early extension is harmless)."""
+
+    def __init__(self, client: Any, queue_url: str, visibility: int) -> None:
+        self._client = client
+        self._queue_url = queue_url
+        self._visibility = visibility
+        self._due: dict[str, float] = {}  # receipt -> when (monotonic) to extend it
+        self._task: asyncio.Task[None] | None = None
+        self.extended = 0
+
+    def hold(self, receipt: str) -> None:
+        # Each new receipt is due last: the loop's next wake-up stays right.
+        self._due[receipt] = time.monotonic() + self._visibility / 3
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="sqs-heartbeats")
+
+    def drop(self, receipt: str) -> None:
+        self._due.pop(receipt, None)
+
+    async def _run(self) -> None:
+        while self._due:
+            await asyncio.sleep(max(0.0, min(self._due.values()) - time.monotonic()))
+            now = time.monotonic()
+            due = [r for r, at in self._due.items() if at <= now + self._visibility / 6]
+            if due:
+                await self._extend(due, now)
+
+    async def _extend(self, receipts: list[str], now: float) -> None:
+        try:
+            refused = await _change_visibility(self._client, self._queue_url, receipts,
+                                               self._visibility)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the uploads go on; S3 is checked first
+            log.warning("could not extend the visibility of %d message(s): %s",
+                        len(receipts), exc)
+            refused = []
+        for reason in refused:
+            log.warning("could not extend a message's visibility: %s", reason)
+        for receipt in receipts:  # tried: the next try a third later, as for a success
+            if receipt in self._due:
+                self._due[receipt] = now + self._visibility / 3
+        self.extended += len(receipts) - len(refused)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 class _PathLocks:
     """One lock per path while someone holds it (no unbounded growth)."""
 
@@ -250,6 +320,7 @@ class SqsSource:
         self._slot_freed = asyncio.Event()
         self._handlers: dict[asyncio.Task[None], str] = {}  # -> the message's receipt
         self._deleter = _Deleter(client, self._queue_url)
+        self._heartbeats = _Heartbeats(client, self._queue_url, self._visibility)
         self._path_locks = _PathLocks()
         self._room = asyncio.Event()  # set when an upload ends: a partition may have room
         self._aside = 0  # messages waiting for their throttled partition to have room
@@ -379,7 +450,7 @@ class SqsSource:
             self.rejected += 1
             return
         partition = self._pipeline.partition_of(job.relative)
-        heartbeat = asyncio.create_task(self._heartbeat(receipt))
+        self._heartbeats.hold(receipt)
         try:
             await self._wait_for_room(partition)
             try:
@@ -395,8 +466,7 @@ class SqsSource:
             finally:
                 self._room.set()
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            self._heartbeats.drop(receipt)
         await self._settle(receipt, outcome, job)
 
     async def _wait_for_room(self, partition: str) -> None:
@@ -432,18 +502,6 @@ class SqsSource:
             await self._release(receipt, delay=0)
             self.rejected += 1
 
-    async def _heartbeat(self, receipt: str) -> None:
-        while True:
-            await asyncio.sleep(self._visibility / 3)
-            try:
-                await self._client.change_message_visibility(
-                    QueueUrl=self._queue_url, ReceiptHandle=receipt,
-                    VisibilityTimeout=self._visibility)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the upload goes on; S3 is checked first
-                log.warning("could not extend a message's visibility: %s", exc)
-
     async def _release(self, receipt: str, *, delay: int) -> None:
         try:
             await self._client.change_message_visibility(
@@ -464,20 +522,22 @@ class SqsSource:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             await self._hand_back(receipts)
+        await self._heartbeats.close()
         await self._deleter.close()
 
     async def _hand_back(self, receipts: list[str]) -> None:
         """Visible again now rather than after their visibility timeout (a best effort:
         if SQS cannot be reached, the timeout brings them back anyway)."""
-        for start in range(0, len(receipts), MAX_BATCH):
-            entries = [{"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
-                       for i, receipt in enumerate(receipts[start:start + MAX_BATCH])]
-            try:
-                await asyncio.wait_for(self._client.change_message_visibility_batch(
-                    QueueUrl=self._queue_url, Entries=entries), HAND_BACK_TIMEOUT_SECONDS)
-            except Exception as exc:  # noqa: BLE001 - they come back after their timeout
-                log.warning("could not hand %d message(s) back to the queue: %s",
-                            len(entries), exc)
-                return
-        if receipts:
-            log.info("handed %d unfinished message(s) back to the queue", len(receipts))
+        if not receipts:
+            return
+        try:
+            refused = await asyncio.wait_for(_change_visibility(
+                self._client, self._queue_url, receipts, 0), HAND_BACK_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - they come back after their timeout
+            log.warning("could not hand %d message(s) back to the queue: %s",
+                        len(receipts), exc)
+            return
+        for reason in refused:
+            log.warning("could not hand a message back to the queue: %s", reason)
+        log.info("handed %d unfinished message(s) back to the queue",
+                 len(receipts) - len(refused))
