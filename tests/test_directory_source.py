@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -210,5 +211,41 @@ async def test_a_symlinked_root_follows_its_new_target(tmp_path):
         (link / "after.dat").write_bytes(b"written through the new link")
         await recorder.wait_for(link / "after.dat")
         assert source.problem() is None
+    finally:
+        await stopped(task)
+
+
+async def test_files_settle_in_order_and_an_idle_source_does_not_wake(root):
+    """Files settle `settle_seconds` after their last change, a file written again starting
+    its wait afresh; with nothing settling, the settle loop sleeps until a file comes (it
+    used to look at the clock ten times a second, and at every file settling each time)."""
+    reads: list[float] = []
+
+    def clock() -> float:
+        reads.append(time.monotonic())
+        return reads[-1]
+
+    recorder = Recorder()
+    walker = TreeWalker(root=root, file_filter=FileFilter(SourceConfig()))
+    source = DirectorySource(walker=walker, submit=recorder.submit, settle_seconds=0.3,
+                             rescan_interval_seconds=3600, clock=clock)
+    task = asyncio.create_task(source.run())
+    try:
+        await asyncio.wait_for(source.wait_first_scan(), 10)
+        await asyncio.sleep(0.1)
+        reads.clear()
+        await asyncio.sleep(1.0)
+        assert reads == [], f"{len(reads)} clock reads in a second of idleness"
+
+        first, second = root / "first.dat", root / "second.dat"
+        first.write_bytes(b"1")
+        await asyncio.sleep(0.1)
+        second.write_bytes(b"2")
+        await asyncio.sleep(0.1)
+        first.write_bytes(b"1 again")  # its quiet period starts again, after second's
+        written_last = time.monotonic()
+        await recorder.wait_for(first)
+        assert time.monotonic() - written_last >= 0.3
+        assert recorder.submitted == [second, first]
     finally:
         await stopped(task)

@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 Submit = Callable[[Path, str, Signature | None], Awaitable[None]]
 # Whether a file a rescan finds is known to be uploaded as it is (then not submitted).
 KnownUploaded = Callable[[Path, str, Signature], bool]
-SETTLE_TICK_SECONDS = 0.1
 ROOT_CHECK_SECONDS = 1.0  # one stat a second: how soon a removed or replaced root is seen
 
 
@@ -79,7 +78,8 @@ class DirectorySource:
         self.follow_symlinks = walker.follow_symlinks
         self._clock = clock
         self._wall_clock = wall_clock
-        self._settling: dict[Path, _Settling] = {}
+        self._settling: dict[Path, _Settling] = {}  # in order of due time
+        self._settling_added = asyncio.Event()
         # Seen created or modified and not closed yet: when it was last seen written.
         self._writing: dict[Path, float] = {}
         self._wake = asyncio.Event()
@@ -188,7 +188,11 @@ class DirectorySource:
             signature = self._signature(path)
             if signature is None:
                 return
+        # Removed first, so that it goes to the end: every entry is due `settle_seconds`
+        # after it was put in, so the dict stays in order of due time.
+        self._settling.pop(path, None)
         self._settling[path] = _Settling(signature, self._clock() + self.settle_seconds)
+        self._settling_added.set()
 
     def _signature(self, path: Path) -> Signature | None:
         try:
@@ -197,11 +201,20 @@ class DirectorySource:
             return None
 
     async def _settle_loop(self) -> None:
+        """Settle the first file due, else sleep until it is due, or until one comes:
+        an idle daemon does not wake, a burst of thousands settling is not scanned
+        whole on each wake-up."""
         while True:
-            await asyncio.sleep(min(SETTLE_TICK_SECONDS, self.settle_seconds or SETTLE_TICK_SECONDS))
-            now = self._clock()
-            due = [p for p, s in self._settling.items() if s.due <= now]
-            for path in due:
+            first = next(iter(self._settling.items()), None)
+            if first is None:
+                self._settling_added.clear()
+                await self._settling_added.wait()
+                continue
+            path, entry = first
+            wait = entry.due - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            else:
                 await self._settle(path)
 
     async def _settle(self, path: Path) -> None:
