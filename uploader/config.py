@@ -277,7 +277,7 @@ class TransferConfig(Section):
         "each holds one part in memory (within `max_memory`).")
     # 64 MiB, as much as the default parts in flight (8 x 8 MiB); boto3's transfer manager
     # holds ~80. More only adds fresh pages to fault in and zero: on bench/'s 200 x 1 MiB at
-    # concurrency 256, 256 MiB took 7-14% longer and 3-27% more CPU than 64 (medians of two
+    # concurrency 256, 256 MiB took 7-13% longer and 3-23% more CPU than 64 (medians of two
     # sets of interleaved runs; RSS 285 vs 160 MB). Files over 78 GiB (parts past 8 MiB)
     # get fewer parts in flight: the README says to raise it for them.
     max_memory: Size = Field(
