@@ -54,10 +54,13 @@ class MotoServer:
                 "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                 "AWS_ENDPOINT_URL": endpoint}
 
+    def credentials(self) -> dict[str, str]:
+        """Keyword arguments for a boto3 or aioboto3 session or client of this server."""
+        return {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key,
+                "region_name": self.region}
+
     def client(self, service: str):  # noqa: ANN201 - a boto3 client
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key,
+        return boto3.client(service, endpoint_url=self.endpoint_url, **self.credentials(),
                             config=Config(s3={"addressing_style": "path"}))
 
     def stop(self) -> None:

@@ -198,16 +198,17 @@ def test_a_duplicate_message_does_not_upload_twice(sqs_config, daemon_factory, q
     queue.send([body, body])
     daemon = daemon_factory(sqs_config())
     wait_until(lambda: queue.depth() == 0, what="both messages handled")
-    assert daemon.terminate() == 0
+    assert daemon.terminate() == 0, daemon.log()
     # Later, a third copy reaches a fresh instance with its own empty journal.
     queue.send([body])
     other = daemon_factory(sqs_config(), env={"UPLOADER_STATE_DIR": str(tmp_path / "state-2")})
     wait_until(lambda: queue.depth() == 0, what="the late duplicate handled")
-    assert other.terminate() == 0
-    assert fault_proxy.completed_uploads("incoming/once.bin") == 1
+    assert other.terminate() == 0, other.log()
+    logs = f"first instance:\n{daemon.log()}\nsecond instance:\n{other.log()}"
+    assert fault_proxy.completed_uploads("incoming/once.bin") == 1, logs
     head = s3.head_object(Bucket=bucket, Key="incoming/once.bin")
     assert head["Metadata"]["origin"] == "test"
-    assert "already in S3" in other.log()
+    assert "already in S3" in other.log(), logs
 
 
 def test_a_long_upload_keeps_its_message_with_heartbeats(
@@ -423,7 +424,7 @@ async def test_heartbeats_keep_messages_hidden_and_name_the_ones_sqs_refuses(
     """Real receipts from moto with a 3 s visibility, and one receipt SQS does not know:
     4.5 s later the 12 real ones are still hidden, the bad one is logged, none is lost."""
     queue.send([json.dumps({"path": f"/x/{n}"}) for n in range(12)])
-    session = aioboto3.Session(**session_args(moto_server))
+    session = aioboto3.Session(**moto_server.credentials())
     async with session.client("sqs", endpoint_url=moto_server.endpoint_url) as client:
         receipts = []
         while len(receipts) < 12:
@@ -442,11 +443,6 @@ async def test_heartbeats_keep_messages_hidden_and_name_the_ones_sqs_refuses(
         await heartbeats.close()
     assert "could not extend a message's visibility" in caplog.text
     wait_until(lambda: visible(queue) == 12, timeout=10, what="the messages back once dropped")
-
-
-def session_args(moto_server) -> dict[str, str]:
-    return {"aws_access_key_id": moto_server.access_key,
-            "aws_secret_access_key": moto_server.secret_key, "region_name": moto_server.region}
 
 
 @pytest.mark.timeout(90)
