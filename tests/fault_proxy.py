@@ -16,7 +16,7 @@ tests (any loop) and subprocesses (via ``.url``) can all use it.  Fault
 settings and the request log are guarded by one lock and are safe to touch
 from any thread while the proxy runs.
 
-Fault order per request: outage, latency, reset, error, throttle.  Faults
+Fault order per request: outage, latency, delay (`delay`), reset, error, throttle.  Faults
 are answered locally, never forwarded; except a lost answer (`lose_answers`):
 the request is forwarded and handled, and the client's connection is reset
 instead of getting the answer.
@@ -172,6 +172,8 @@ class _Faults:
     error_rate: float = 0.0
     reset_rate: float = 0.0
     latency: float = 0.0
+    # (extra seconds, which requests): see FaultProxy.delay
+    delayed: tuple[float, Callable[["RequestRecord"], bool]] | None = None
     outage: bool = False
     outage_until: float = 0.0
     buckets: dict[str, _TokenBucket] = field(default_factory=dict)
@@ -612,6 +614,17 @@ class FaultProxy:
         with self._cond:
             self._faults.outage_until = time.monotonic() + seconds
 
+    def delay(self, seconds: float, *, where: Callable[[RequestRecord], bool]) -> None:
+        """Every request matching `where` waits `seconds` before it is forwarded (after
+        any `latency`): one kind of request arriving late, e.g. to race another."""
+        with self._cond:
+            self._faults.delayed = (seconds, where)
+
+    def _delay_for(self, record: RequestRecord) -> float:
+        with self._cond:
+            delayed = self._faults.delayed
+        return delayed[0] if delayed is not None and delayed[1](record) else 0.0
+
     def lose_answers(self, count: int, *, where: Callable[[RequestRecord], bool]) -> None:
         """The next `count` requests matching `where` reach the server, which acts on
         them, but their answers never reach the client: the connection is reset
@@ -842,6 +855,8 @@ class _Connection:
             return self._refuse(record)
         if latency := self.proxy.latency:
             await asyncio.sleep(latency)
+        if delay := self.proxy._delay_for(record):
+            await asyncio.sleep(delay)
         fault = self.proxy._decide(record)
         if fault == RESET:
             return await self._reset(head, record)

@@ -265,6 +265,18 @@ def test_latency_delays_requests(pc: Any, fault_proxy: FaultProxy) -> None:
     assert time.monotonic() - began >= 0.4
 
 
+def test_delay_holds_back_only_the_requests_it_names(pc: Any, fault_proxy: FaultProxy,
+                                                     bucket: str) -> None:
+    fault_proxy.delay(0.6, where=lambda record: record.key == "late")
+    began = time.monotonic()
+    pc.put_object(Bucket=bucket, Key="early", Body=b"1")
+    assert time.monotonic() - began < 0.6
+    pc.put_object(Bucket=bucket, Key="late", Body=b"2")
+    assert time.monotonic() - began >= 0.6
+    late = fault_proxy.records(key="late")[0]
+    assert late.forwarded and late.t_end - late.t_start >= 0.6
+
+
 # ---------------------------------------------------------------------- log
 def test_request_log_and_wait_for(pc: Any, fault_proxy: FaultProxy, bucket: str) -> None:
     pc.put_object(Bucket=bucket, Key="dir/a", Body=b"1")

@@ -437,12 +437,46 @@ async def test_heartbeats_keep_messages_hidden_and_name_the_ones_sqs_refuses(
         await asyncio.sleep(4.5)
         assert visible(queue) == 0, "a message came back while held"
         assert heartbeats.extended >= 24  # two rounds of 12
-        heartbeats.drop("not-a-receipt")
+        await heartbeats.drop("not-a-receipt")
         for receipt in receipts:
-            heartbeats.drop(receipt)
+            await heartbeats.drop(receipt)
         await heartbeats.close()
     assert "could not extend a message's visibility" in caplog.text
     wait_until(lambda: visible(queue) == 12, timeout=10, what="the messages back once dropped")
+
+
+async def test_a_message_let_go_is_not_hidden_again_by_an_extension_on_its_way(
+        moto_server, queue):
+    """A message in hand (visibility 3 s) whose extension reaches SQS 2 s late (held by a
+    proxy) is let go meanwhile and deferred for 60 s, as `SqsSource._handle` does: `drop`
+    waits for the extension, so the deferral lands last and the message stays hidden. Were
+    the deferral sent first, the extension would bring it back 3 s after it landed."""
+    queue.send([json.dumps({"path": "/x/a"})])
+    sqs_proxy = FaultProxy(moto_server.endpoint_url).start()
+    try:
+        sqs_proxy.delay(2, where=lambda r: sqs_action(r) == "ChangeMessageVisibilityBatch")
+        session = aioboto3.Session(**moto_server.credentials())
+        async with session.client("sqs", endpoint_url=sqs_proxy.url) as client:
+            response = await client.receive_message(QueueUrl=queue.url, VisibilityTimeout=3)
+            receipt = response["Messages"][0]["ReceiptHandle"]
+            heartbeats = _Heartbeats(client, queue.url, visibility=3)
+            heartbeats.hold(receipt)
+            await asyncio.sleep(1.5)  # the extension went at 1 s; the proxy holds it till 3 s
+            await heartbeats.drop(receipt)
+            await client.change_message_visibility(QueueUrl=queue.url, ReceiptHandle=receipt,
+                                                   VisibilityTimeout=60)
+            while not (extensions := [r for r in sqs_proxy.records()
+                                      if sqs_action(r) == "ChangeMessageVisibilityBatch"]):
+                await asyncio.sleep(0.05)  # the extension's answer (the test's timeout bounds it)
+            await heartbeats.close()
+        deferral = next(r for r in sqs_proxy.records()
+                        if sqs_action(r) == "ChangeMessageVisibility")
+    finally:
+        sqs_proxy.stop()
+    assert len(extensions) == 1 and extensions[0].status == 200
+    assert deferral.t_start >= extensions[0].t_end, "the deferral went before the extension"
+    time.sleep(max(0.0, extensions[0].t_end + 3.5 - time.monotonic()))  # past a 3 s extension
+    assert visible(queue) == 0, "the late extension cut the 60 s deferral short"
 
 
 @pytest.mark.timeout(90)

@@ -14,7 +14,8 @@ Each message names a file on a shared filesystem (EFS, NFS) as JSON:
 - While a message's upload runs, its visibility timeout is extended every
   third of the timeout (heartbeat), so a long multipart upload keeps it. The
   messages in hand share the heartbeats: one ChangeMessageVisibilityBatch per
-  10 messages, not one call per message (SQS bills by the request).
+  10 messages, not one call per message (SQS bills by the request). A
+  message is released only once no extension of it is on its way (`_Heartbeats`).
 - The message is deleted (in batches) only after the object is verified in S3.
 - A message whose file failed for good, or that is malformed, is logged with
   the reason and released at once (visibility 0); after the queue's
@@ -222,7 +223,13 @@ async def _change_visibility(client: Any, queue_url: str, receipts: list[str],
 class _Heartbeats:
     """Keeps the messages in hand hidden while their uploads run: every third of the
     visibility timeout, extended in batches. One message due makes the others due within
-    the next sixth go with it, so the batches stay full (an early extension is harmless)."""
+    the next sixth go with it, so the batches stay full (an early extension is harmless).
+
+    An extension already sent when its message is let go could reach SQS after the
+    release that follows (a deferral, a rejection, the hand-back at shutdown) and hide
+    the message again for a whole visibility timeout: `drop` returns only once no
+    extension of the message is on its way, so the release is the last word.
+    """
 
     def __init__(self, client: Any, queue_url: str, visibility: int) -> None:
         self._client = client
@@ -230,6 +237,8 @@ class _Heartbeats:
         self._visibility = visibility
         self._due: dict[str, float] = {}  # receipt -> when (monotonic) to extend it
         self._task: asyncio.Task[None] | None = None
+        # The receipts of the extension on its way, and its end.
+        self._sending: tuple[frozenset[str], asyncio.Future[None]] | None = None
         self.extended = 0
 
     def hold(self, receipt: str) -> None:
@@ -238,8 +247,13 @@ class _Heartbeats:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="sqs-heartbeats")
 
-    def drop(self, receipt: str) -> None:
+    async def drop(self, receipt: str) -> None:
+        """No more extensions of `receipt`; returns once none is on its way (at most
+        HAND_BACK_TIMEOUT_SECONDS: SQS may be what is failing)."""
         self._due.pop(receipt, None)
+        if self._sending is not None and receipt in self._sending[0]:
+            # asyncio.wait: a cancelled caller (shutdown) does not cancel the others' wait.
+            await asyncio.wait([self._sending[1]], timeout=HAND_BACK_TIMEOUT_SECONDS)
 
     async def _run(self) -> None:
         while self._due:
@@ -250,6 +264,8 @@ class _Heartbeats:
                 await self._extend(due, now)
 
     async def _extend(self, receipts: list[str], now: float) -> None:
+        sent = asyncio.get_running_loop().create_future()
+        self._sending = (frozenset(receipts), sent)
         try:
             refused = await _change_visibility(self._client, self._queue_url, receipts,
                                                self._visibility)
@@ -259,6 +275,9 @@ class _Heartbeats:
             log.warning("could not extend the visibility of %d message(s): %s",
                         len(receipts), exc)
             refused = []
+        finally:
+            self._sending = None
+            sent.set_result(None)
         for reason in refused:
             log.warning("could not extend a message's visibility: %s", reason)
         for receipt in receipts:  # tried: the next try a third later, as for a success
@@ -466,7 +485,7 @@ class SqsSource:
             finally:
                 self._room.set()
         finally:
-            self._heartbeats.drop(receipt)
+            await self._heartbeats.drop(receipt)
         await self._settle(receipt, outcome, job)
 
     async def _wait_for_room(self, partition: str) -> None:
