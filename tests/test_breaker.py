@@ -8,6 +8,7 @@ import pytest
 
 from uploader.breaker import BreakerState, CircuitBreaker
 from uploader.clock import FakeClock
+from uploader.errors import EndpointDown
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -173,6 +174,44 @@ async def test_waiters_sleep_again_when_the_probe_fails(make_breaker, clock):
     await clock.advance(0.5)
     assert waiter.done()  # it is the next probe
     await waiter
+
+
+async def test_a_run_that_must_end_gives_up_after_its_failed_probes(make_breaker, clock):
+    """give_up_after_failed_probes=2: the waiters wait through the first failed probe and
+    fail at the second, and so does every caller after; with None they wait on."""
+    ending, daemon = make_breaker(give_up_after_failed_probes=2), make_breaker()
+    for breaker in (ending, daemon):
+        fail(breaker, 3)
+    waiters = {breaker: asyncio.create_task(breaker.wait_until_allowed())
+               for breaker in (ending, daemon)}
+    for elapsed in (10.0, 20.0):  # each open period, then its probe fails
+        await clock.advance(elapsed)
+        for breaker, waiter in waiters.items():
+            if waiter.done():  # it held the probe; the next caller waits
+                assert await waiter is True
+                waiters[breaker] = asyncio.create_task(breaker.wait_until_allowed())
+            breaker.record_failure()
+        await clock.settle()
+    with pytest.raises(EndpointDown, match="2 probes in a row failed over 30s"):
+        await waiters[ending]
+    with pytest.raises(EndpointDown):
+        await ending.wait_until_allowed()  # a new caller: at once, no waiting
+    assert not waiters[daemon].done()  # the daemon's breaker waits for the next probe
+    await clock.advance(30.0)
+    assert await waiters[daemon] is True
+
+
+async def test_a_probe_that_succeeds_resets_the_count_of_failed_ones(make_breaker, clock):
+    breaker = make_breaker(give_up_after_failed_probes=2)
+    for outage in range(2):  # two outages of one failed probe each: no give-up
+        fail(breaker, 3)
+        await clock.advance(10.0 * (1 + outage))
+        assert await breaker.wait_until_allowed() is True
+        breaker.record_failure()
+        await clock.advance(20.0)
+        assert await breaker.wait_until_allowed() is True
+        breaker.record_success()
+    assert breaker.state is CLOSED and breaker.down is None
 
 
 async def test_wait_until_allowed_returns_at_once_when_closed(make_breaker):

@@ -108,3 +108,37 @@ def test_each_file_is_counted_once_when_some_fail_transiently(tmp_path, s3_serve
     assert failed > 0 and result.returncode == 1, summary
     assert uploaded + failed == 12, summary
     assert len(keys_in(s3, bucket)) == uploaded
+
+
+@pytest.mark.timeout(90)
+def test_a_one_shot_gives_up_on_an_endpoint_that_fails_every_put(tmp_path, s3_server, s3,
+                                                                 bucket, fault_proxy):
+    """Every PUT is answered 500 (SeaweedFS out of volumes did that): the breaker opens,
+    and after `retry.max_attempts` failed probes in a row the run gives up on the files
+    left, exit 1, instead of waiting out the outage a probe at a time as the daemon does
+    (it took hours: each file's every attempt waited for a probe of its own)."""
+    import yaml
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"f{i:02d}.txt").write_text(f"file {i}")
+    fault_proxy.answer_with(10**6, "InternalError", where=lambda r: r.method == "PUT")
+    config = tmp_path / "oneshot.yaml"
+    config.write_text(yaml.safe_dump({
+        "s3": {"addressing_style": "path"},
+        "transfer": {"concurrency": 4},
+        "retry": {"max_attempts": 3, "backoff_base_seconds": 0.01},
+        "breaker": {"open_seconds": 0.2, "max_open_seconds": 0.4}}))
+    result = run_cli("upload", "--config", str(config), "--endpoint-url", fault_proxy.url,
+                     str(folder), f"s3://{bucket}/b/", env=s3_server.env(), timeout=60)
+    summary = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr
+    assert summary.startswith("uploaded 0 files") and "30 failed" in summary, summary
+    assert "3 probes in a row failed" in result.stderr, result.stderr
+    unnamed = [i for i in range(30) if f"{folder / f'f{i:02d}.txt'}" not in result.stderr]
+    assert unnamed == [], "a one-shot names each file it failed"
+    # The files left were not sent: a PUT each for those in flight, and the probes (the
+    # old behaviour sent every file max_attempts times, a probe at a time: 90 PUTs).
+    assert fault_proxy.count(method="PUT") < 30, fault_proxy.count(method="PUT")
+    assert keys_in(s3, bucket) == set()

@@ -9,6 +9,11 @@ waiter at once, failure reopens it for longer (`backoff`, up to
 `max_open_seconds`), so a long outage costs a probe every minute rather than
 a storm of retries.
 
+A run that must end (`uploader upload`) does not wait out an outage forever:
+with `give_up_after_failed_probes`, once that many probes in a row have failed,
+every caller, waiting or new, gets `EndpointDown` at once, and the run ends
+with the files left failed. The daemon waits as long as it takes.
+
 Throttling (503 SlowDown, 429) is not an endpoint failure: the rate limiter
 handles it. The retry layer records it as a success here, because a throttle
 proves the endpoint is up and answering.
@@ -20,9 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from typing import Callable
 
 from uploader.clock import Clock
+from uploader.errors import EndpointDown
+
+log = logging.getLogger(__name__)
 
 
 class BreakerState(enum.Enum):
@@ -41,6 +50,7 @@ class CircuitBreaker:
     def __init__(self, *, endpoint: str, clock: Clock, failure_threshold: int = 5,
                  open_seconds: float = 5.0, backoff: float = 2.0,
                  max_open_seconds: float = 60.0, probe_timeout_seconds: float = 60.0,
+                 give_up_after_failed_probes: int | None = None,
                  on_change: StateListener | None = None) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
@@ -51,6 +61,9 @@ class CircuitBreaker:
             raise ValueError(f"backoff must be >= 1, got {backoff}")
         if probe_timeout_seconds <= 0:
             raise ValueError(f"probe_timeout_seconds must be > 0, got {probe_timeout_seconds}")
+        if give_up_after_failed_probes is not None and give_up_after_failed_probes < 1:
+            raise ValueError("give_up_after_failed_probes must be >= 1 or None, got "
+                             f"{give_up_after_failed_probes}")
         self.endpoint = endpoint
         self._clock = clock
         self._failure_threshold = failure_threshold
@@ -64,6 +77,10 @@ class CircuitBreaker:
         self._open_seconds = open_seconds  # the current (growing) open period
         self._open_until = 0.0
         self._probe_deadline: float | None = None  # a probe is out until then
+        self._give_up_after = give_up_after_failed_probes
+        self._failed_probes = 0  # in a row
+        self._first_opened = 0.0  # when the current outage began
+        self.down: EndpointDown | None = None  # given up on the endpoint: why
         self._changed = asyncio.Event()
         self.opened = 0  # how many times it opened, for metrics
 
@@ -111,10 +128,14 @@ class CircuitBreaker:
 
     async def wait_until_allowed(self) -> bool:
         """Wait (queued, not failed) until `allow()` says yes. True: the caller holds the
-        half-open probe, and must report its result or `release_probe`."""
-        while not self.allow():
+        half-open probe, and must report its result or `release_probe`. Raises
+        EndpointDown once the breaker has given up on the endpoint (see the module)."""
+        while True:
+            if self.down is not None:
+                raise self.down
+            if self.allow():
+                return self.state is BreakerState.HALF_OPEN
             await self._wait_for_change(self._seconds_until_retry())
-        return self.state is BreakerState.HALF_OPEN
 
     def release_probe(self) -> None:
         """The probe was never sent (its caller was cancelled): the next caller may send
@@ -154,6 +175,7 @@ class CircuitBreaker:
         self._failures = 0
         if self.state is BreakerState.HALF_OPEN and probe:
             self._open_seconds = self._base_open_seconds
+            self._failed_probes = 0
             self._set_state(BreakerState.CLOSED)
         # While open, a success came from a request sent before it opened: it
         # says nothing about now, and the breaker stays open.
@@ -166,15 +188,29 @@ class CircuitBreaker:
             return  # sent before it opened; already counted
         if state is BreakerState.HALF_OPEN:
             if probe:
+                self._failed_probes += 1
                 self._open_seconds = min(self._max_open_seconds,
                                          self._open_seconds * self._backoff)
+                self._give_up_if_due()
                 self._open()
             return
         self._failures += 1
         if self._failures >= self._failure_threshold:
             self._open()
 
+    def _give_up_if_due(self) -> None:
+        if self._give_up_after is None or self._failed_probes < self._give_up_after:
+            return
+        seconds = self._clock.monotonic() - self._first_opened
+        self.down = EndpointDown(
+            f"{self.endpoint}: {self._failed_probes} probes in a row failed over "
+            f"{seconds:.0f}s (circuit breaker); giving up on the requests left",
+            code="EndpointDown")
+        log.error("%s", self.down)
+
     def _open(self) -> None:
+        if self._failed_probes == 0:
+            self._first_opened = self._clock.monotonic()
         self._failures = 0
         self._open_until = self._clock.monotonic() + self._open_seconds
         self.opened += 1

@@ -354,7 +354,9 @@ class BreakerConfig(Section):
         5.0, gt=0, description="How long the breaker stays open before one probe request is "
         "let through; success closes it, failure reopens it for twice as long.")
     max_open_seconds: Number = Field(
-        60.0, gt=0, description="Longest open period while an outage lasts.")
+        60.0, gt=0, description="Longest open period while an outage lasts. `uploader "
+        "upload`, which must end, gives up after `retry.max_attempts` failed probes in a row "
+        "(about 5 minutes with the defaults): the files left fail; the daemon waits on.")
 
 
 class RateLimitConfig(Section):

@@ -77,6 +77,11 @@ class SourceAway(TransientError):
     failed (`uploader.transfer.job.unreadable`)."""
 
 
+class EndpointDown(TransientError):
+    """The endpoint failed the circuit breaker's probes for as long as a run that must
+    end waits (`uploader upload`): the request is not sent, nor retried."""
+
+
 class ThrottleError(TransientError):
     """The server asked us to slow down (SlowDown, 503, 429, throttling codes)."""
 

@@ -8,7 +8,9 @@ back to the caller. botocore's own retries are switched off in `uploader.s3clien
 
 Each attempt, in order:
 
-1. waits while the endpoint's circuit breaker is open (queued, not failed);
+1. waits while the endpoint's circuit breaker is open (queued, not failed; in a
+   run that must end, until the breaker gives up on the endpoint: `EndpointDown`,
+   not retried);
 2. takes a permit from the shared per-partition rate limiter;
 3. sends, and reports the answer: a throttle cuts the partition's rate; any
    other answer counts as a success for the limiter and the breaker; a
@@ -36,7 +38,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from uploader import clock_skew
 from uploader.breaker import CircuitBreaker
 from uploader.clock import Clock, SystemClock
-from uploader.errors import ConnectionFailure, ThrottleError, TransferError, TransientError
+from uploader.errors import (
+    ConnectionFailure,
+    EndpointDown,
+    ThrottleError,
+    TransferError,
+    TransientError,
+)
 from uploader.limiter import Permit, RateLimiter
 from uploader.retry_budget import RetryBudget
 from uploader.s3errors import RESTART_CODES, translate
@@ -114,7 +122,10 @@ class RetryPolicy:
 
     # ------------------------------------------------------------ one attempt
     async def _attempt(self, operation: Callable[[], Awaitable[T]], call: _Call) -> T:
-        probe = self.breaker is not None and await self.breaker.wait_until_allowed()
+        try:
+            probe = self.breaker is not None and await self.breaker.wait_until_allowed()
+        except EndpointDown as exc:  # named like every other failure: by its request
+            raise EndpointDown(f"{call.what}: not sent: {exc}", code=exc.code) from None
         try:
             return await self._permitted_attempt(operation, call, probe=probe)
         except asyncio.CancelledError:
@@ -220,7 +231,8 @@ class RetryPolicy:
 
 
 def _worth_resending(exc: BaseException) -> bool:
-    return isinstance(exc, TransientError) and exc.code not in RESTART_CODES
+    return (isinstance(exc, TransientError) and not isinstance(exc, EndpointDown)
+            and exc.code not in RESTART_CODES)
 
 
 async def _translated(operation: Callable[[], Awaitable[T]], *, what: str) -> T:

@@ -45,7 +45,7 @@ async def services(config: Config, *, journal: Journal,
     t = config.transfer
     async with open_s3(config) as s3:
         client = s3.client
-        retry = build_retry_policy(config)
+        retry = build_retry_policy(config, wait_out_outages=retry_later)
         ctx = TransferContext.build(config=config, client=client, data=s3.data, retry=retry,
                                     journal=journal)
         pipeline = Pipeline(ctx=ctx, journal=journal, keys=key_namer(config),
@@ -77,8 +77,13 @@ def key_namer(config: Config) -> KeyNamer:
                     partitions=config.keys.partitions)
 
 
-def build_retry_policy(config: Config) -> RetryPolicy:
-    """The one retry layer with its shared limiter, budget and breaker."""
+def build_retry_policy(config: Config, *, wait_out_outages: bool = True) -> RetryPolicy:
+    """The one retry layer with its shared limiter, budget and breaker.
+
+    `wait_out_outages`: requests wait behind an open breaker for as long as the outage
+    lasts (a daemon); False: once `retry.max_attempts` probes in a row have failed (about
+    5 minutes with the defaults), the breaker gives up and the requests left fail (a
+    one-shot run, which must end)."""
     r, b, rl = config.retry, config.breaker, config.rate_limit
     clock = SystemClock()
     limiter = RateLimiter(clock=clock, adaptive=rl.adaptive,
@@ -90,6 +95,8 @@ def build_retry_policy(config: Config) -> RetryPolicy:
                              clock=clock, failure_threshold=b.failure_threshold,
                              open_seconds=b.open_seconds,
                              max_open_seconds=max(b.open_seconds, b.max_open_seconds),
+                             give_up_after_failed_probes=(None if wait_out_outages
+                                                          else r.max_attempts),
                              on_change=_log_breaker_change)
     return RetryPolicy(max_attempts=r.max_attempts, base_seconds=r.backoff_base_seconds,
                        cap_seconds=r.backoff_max_seconds, clock=clock,
