@@ -93,9 +93,11 @@ class Pipeline:
     def __init__(self, *, ctx: TransferContext, journal: Journal, keys: KeyNamer,
                  after_upload: AfterUpload, bucket_check: BucketCheck,
                  follow_symlinks: bool = False, shared_work: bool = False,
-                 repeats_summary_seconds: float = 0.0) -> None:
+                 repeats_summary_seconds: float = 0.0, retried_later: bool = True) -> None:
         """`repeats_summary_seconds`: deferrals and journal failures of one reason after
-        the first are summed up in a line per this long (`LogDigest`); 0: each logged."""
+        the first are summed up in a line per this long (`LogDigest`); 0: each logged.
+        `retried_later`: a deferred file comes back (a daemon); False: it is a failure
+        of the run, and logged as one (a one-shot run)."""
         self.ctx = ctx
         # Another instance may already have done this file's work (a fleet draining
         # one queue, a duplicate message): look in S3 before sending, verify after.
@@ -110,6 +112,7 @@ class Pipeline:
         self._started = time.monotonic()
         self.listeners: list[OutcomeListener] = []  # metrics, progress
         self.repeats = LogDigest(log, interval=repeats_summary_seconds)
+        self.retried_later = retried_later
 
     def partition_of(self, relative: str) -> str:
         """The rate-limiter partition the file at `relative` is uploaded to."""
@@ -158,8 +161,10 @@ class Pipeline:
 
     def _deferred(self, exc: TransientError, *, path: Path, key: str) -> Outcome:
         """Throttling, an outage, a flaky network or filesystem: nothing is wrong with the
-        file. It stays pending and goes back in line later."""
-        self.repeats.log(logging.WARNING, f"deferred:{exc.code}", "upload deferred: %s", exc,
+        file. It stays pending and goes back in line later (in a daemon)."""
+        level, said = ((logging.WARNING, "upload deferred") if self.retried_later
+                       else (logging.ERROR, "upload failed (no retry later in a one-shot run)"))
+        self.repeats.log(level, f"deferred:{exc.code}", "%s: %s", said, exc,
                          extra={"file": str(path), "key": key, "error_code": exc.code})
         self.totals.failed_because(exc)
         return Outcome.DEFERRED

@@ -58,7 +58,8 @@ async def services(config: Config, *, journal: Journal,
                             shared_work=config.source.type == "sqs",
                             # A one-shot's deferred file is a failure: each is named.
                             repeats_summary_seconds=(config.logging.repeats_summary_seconds
-                                                     if retry_later else 0.0))
+                                                     if retry_later else 0.0),
+                            retried_later=retry_later)
         pool = WorkerPool(pipeline=pipeline, concurrency=fitting_concurrency(config),
                           queue_size=max(64, 4 * t.concurrency),
                           retry_later_seconds=(config.retry.retry_later_seconds
