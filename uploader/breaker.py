@@ -80,7 +80,7 @@ class CircuitBreaker:
         self._give_up_after = give_up_after_failed_probes
         self._failed_probes = 0  # in a row
         self._first_opened = 0.0  # when the current outage began
-        self.down: EndpointDown | None = None  # given up on the endpoint: why
+        self.down: str | None = None  # given up on the endpoint: why
         self._changed = asyncio.Event()
         self.opened = 0  # how many times it opened, for metrics
 
@@ -131,8 +131,8 @@ class CircuitBreaker:
         half-open probe, and must report its result or `release_probe`. Raises
         EndpointDown once the breaker has given up on the endpoint (see the module)."""
         while True:
-            if self.down is not None:
-                raise self.down
+            if self.down is not None:  # a new error each time: a shared one's traceback grows
+                raise EndpointDown(self.down, code="EndpointDown")
             if self.allow():
                 return self.state is BreakerState.HALF_OPEN
             await self._wait_for_change(self._seconds_until_retry())
@@ -202,10 +202,8 @@ class CircuitBreaker:
         if self._give_up_after is None or self._failed_probes < self._give_up_after:
             return
         seconds = self._clock.monotonic() - self._first_opened
-        self.down = EndpointDown(
-            f"{self.endpoint}: {self._failed_probes} probes in a row failed over "
-            f"{seconds:.0f}s (circuit breaker); giving up on the requests left",
-            code="EndpointDown")
+        self.down = (f"{self.endpoint}: {self._failed_probes} probes in a row failed over "
+                     f"{seconds:.0f}s (circuit breaker); giving up on the requests left")
         log.error("%s", self.down)
 
     def _open(self) -> None:
