@@ -362,15 +362,13 @@ def peer_boto3(args: argparse.Namespace) -> None:
 
 def peer_floor(args: argparse.Namespace) -> None:
     """Per file: read, CRC32C, sign, PUT; nothing else (see the module docstring)."""
-    import base64
-
     import aiohttp
-    import crc32c
     import uvloop
     from aiobotocore.session import AioSession
     from botocore.auth import UNSIGNED_PAYLOAD
     from yarl import URL
 
+    from uploader.checksums import checksum_b64
     from uploader.s3.endpoint import BucketEndpoint
     from uploader.s3.signing import RequestSigner
 
@@ -385,11 +383,10 @@ def peer_floor(args: argparse.Namespace) -> None:
             async def put_each() -> None:
                 for path in files:  # shared: each file goes to one sender
                     body = path.read_bytes()
-                    checksum = crc32c.crc32c(body).to_bytes(4, "big")
                     url = endpoint.object_url(f"run/{path.name}")
                     headers = await signer.sign(
                         method="PUT", url=url, payload_hash=UNSIGNED_PAYLOAD,
-                        headers={"x-amz-checksum-crc32c": base64.b64encode(checksum).decode()})
+                        headers={"x-amz-checksum-crc32c": checksum_b64("crc32c", body)})
                     async with http.put(URL(url, encoded=True), data=body,
                                         headers=headers) as response:
                         if response.status != 200:
